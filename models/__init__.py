@@ -1,0 +1,1 @@
+"""stormguard.models — reserved for later issues (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""stormguard.scoring — reserved for later issues (see DESIGN.md)."""

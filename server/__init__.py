@@ -1,0 +1,1 @@
+"""stormguard.server — reserved for later issues (see DESIGN.md)."""
