@@ -1,0 +1,5 @@
+import sys
+
+from stormguard.cli import main
+
+sys.exit(main())
