@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import PROJECT_ROOT
+
 from stormguard.cli import build_parser
 
 README = (PROJECT_ROOT / "README.md").read_text()

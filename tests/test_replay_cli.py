@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from stormguard.features.sniff import sniff
+
 from stormguard.schema import RECORD_COLUMNS, read_records
 
 
