@@ -18,7 +18,7 @@ PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 
 # An access-log line starts with a client address (or "-" / a host name) followed by identd and user fields.
-_LOG_START = re.compile(rb"^\S+ \S+ \S+ \[")
+_LOG_START = re.compile(rb"^(?:\S+ )?\S+ \S+ \[")
 
 
 def sniff(path: str | Path) -> Kind | None:

@@ -17,12 +17,16 @@ from stormguard.report import ReplayStats
 EPILOG = "Run 'stormguard SUBCOMMAND --help' for the options of each subcommand."
 
 
-def _default_sample_dir() -> Path:
-    """The bundled sample (``data/``): from the working directory, else next to this package's checkout."""
-    here = Path("data")
-    if (here / "sample.pcap").exists():
+def _default_sample() -> Path:
+    """The bundled sample capture: from the working directory, else next to this package's checkout.
+
+    Only the capture: the sample's access logs describe the same requests, so reading them as well would count
+    every request two or three times and inflate the reconnect features.
+    """
+    here = Path("data") / "sample.pcap"
+    if here.exists():
         return here
-    return Path(__file__).resolve().parent.parent / "data"
+    return Path(__file__).resolve().parent.parent / "data" / "sample.pcap"
 
 
 def _parse_fields(items: Sequence[str] | None) -> dict[str, str] | None:
@@ -85,7 +89,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from stormguard.features.windows import client_features
     from stormguard.schema import write_records
 
-    inputs = args.inputs or [str(_default_sample_dir())]
+    inputs = args.inputs or [str(_default_sample())]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -103,8 +107,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if len(features):
         import pandas as pd
 
-        cols = [c for c in ("key", "n_conn", "reconnect_rate", "reconnects_10s", "short_lived",
-                            "header_entropy_mean", "distinct_ua", "distinct_ja3", "ua_tls_mismatch_share")
+        cols = [c for c in ("key", "n_conn", "conn_rate_per_min", "reconnects_10s", "short_lived_2s",
+                            "header_entropy_mean", "distinct_uas", "distinct_ja3", "ja4_mode")
                 if c in features.columns]
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             top = features.sort_values(cols[1] if len(cols) > 1 else features.columns[0], ascending=False)
@@ -160,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the whole pipeline that exists so far on the given inputs, or on the bundled sample "
                     "(data/) when none are given, writing records.parquet and features.parquet to --out-dir.",
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="capture or log files or folders (default: data/)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="capture or log files or folders (default: data/sample.pcap)")
     p.add_argument("--out-dir", default="out", help="where to write the outputs (default: out/)")
     p.add_argument("--key", default="src_ip", help="client key (see 'stormguard features --help')")
     p.add_argument("--window", type=float, default=0.0, help="window seconds (default 0: whole input)")
     p.add_argument("--show", type=int, default=15, help="how many clients to print (default 15)")
     p.set_defaults(func=cmd_pipeline)
+
+    from stormguard.server.cli import register as register_serve
+
+    register_serve(sub)
     return parser
 
 

@@ -55,6 +55,9 @@ def test_sniff_by_content_not_name(tmp_path: Path) -> None:
     assert sniff(cap) == "pcap"
     assert sniff(log) == "log"
     assert sniff(jsonl) == "jsonl"
+    blanked = tmp_path / "sessions.txt"  # IP blanked, as in the Iliou dataset
+    blanked.write_text('- - [27/Oct/2019:10:19:55 +0000] "GET / HTTP/1.0" 200 2045 "-" - "-"\n')
+    assert sniff(blanked) == "log"
 
 
 def test_csv_and_parquet_round_trip(tmp_path: Path) -> None:
