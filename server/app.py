@@ -1,0 +1,282 @@
+"""``create_app(settings) -> Starlette``: the hub behind the defence layers, in DESIGN.md's order.
+
+    identity → breaker → reputation gate → limiter → quota → handler
+
+Seams (keyword arguments of :func:`create_app`):
+
+* ``reputation_gate`` — ``async (RequestContext) -> GateDecision | None`` (see :mod:`gate`); default: no gate.
+* ``quota`` — a :class:`~stormguard.server.quota.StreamQuota`; default :class:`TieredStreamQuota` over
+  ``settings.tiers`` with ``tier_of`` (default: the tier the gate set, else ``settings.default_tier``).
+* ``observers`` — callables ``(kind, ctx, info)`` for per-connection events (``open``, ``first_byte``, ``close``,
+  ``refusal``, ``eviction``): the online features and the reputation rules subscribe here.
+* ``history`` — a :class:`~stormguard.server.history.HistoryBackend` (memory by default; Redis Streams later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from stormguard.server.audit import AuditLog
+from stormguard.server.breaker import BreakerMiddleware, CircuitBreaker
+from stormguard.server.context import RequestContext
+from stormguard.server.gate import ReputationGate, ReputationGateMiddleware
+from stormguard.server.history import HistoryBackend, MemoryHistory
+from stormguard.server.hub import Hub
+from stormguard.server.identity import IdentityMiddleware
+from stormguard.server.limiter import GcraBuckets, LimiterMiddleware
+from stormguard.server.loopmon import LoopMonitor
+from stormguard.server.metrics import BREAKER_STATES, Metrics
+from stormguard.server.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
+from stormguard.server.refuse import Refuser
+from stormguard.server.retry import RetryChooser
+from stormguard.server.settings import ServerSettings
+from stormguard.server.sse import RAW_SEND_KEY, EventsEndpoint, PublishEndpoint, Stream
+
+Observer = Callable[[str, RequestContext, dict[str, Any]], None]
+SSE_PATHS = ("/events",)
+
+
+class Runtime:
+    """Everything the layers and endpoints share, built once per app (``app.state.stormguard``)."""
+
+    def __init__(self, settings: ServerSettings, *, history: HistoryBackend | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
+        s = self.settings = settings
+        self.metrics = m = Metrics()
+        self.observers = list(observers)
+        self.audit = AuditLog(s.audit_path, max_queue=s.audit_queue_size, on_drop=m.audit_dropped.inc)
+        self.retry = RetryChooser(s.retry_base_ms, s.retry_tier_factor, load_gain=s.retry_load_gain,
+                                  degrade_factor=s.retry_degrade_factor, jitter=s.retry_jitter,
+                                  shutdown_jitter=s.retry_shutdown_jitter, min_ms=s.retry_min_ms,
+                                  max_ms=s.retry_max_ms)
+        self.breaker = CircuitBreaker(window=s.breaker_window, buckets=s.breaker_buckets,
+                                      threshold=s.breaker_threshold, min_requests=s.breaker_min_requests,
+                                      open_timeout=s.breaker_open_timeout, probes=s.breaker_probes,
+                                      on_change=self._breaker_changed)
+        self.loopmon = LoopMonitor(interval=s.loop_monitor_interval, threshold=s.loop_lag_threshold,
+                                   on_lag=lambda lag: self.breaker.record_failure("loop_lag"),
+                                   on_sample=m.loop_lag.set)
+        m.loop_lag_max.set_function(lambda: self.loopmon.max_lag)
+        self.hub = Hub(history or MemoryHistory(max_events=s.history_max_events, max_age=s.history_max_age),
+                       heartbeat=s.heartbeat_interval, on_evict=self._evicted)
+        self.refuser = Refuser(retry=self.retry, actions=s.refusal_actions, load=self.load, metrics=m,
+                               audit=self.audit, shadow=s.shadow, sse_paths=SSE_PATHS,
+                               on_refusal=self._refused if self.observers else None)
+        self.ip_buckets = GcraBuckets(s.ip_rate, s.ip_burst, max_entries=s.limiter_max_entries,
+                                      on_evict=lambda lossless: self._limiter_evicted("ip", lossless))
+        self.token_buckets = GcraBuckets(s.token_rate, s.token_burst, max_entries=s.limiter_max_entries,
+                                         on_evict=lambda lossless: self._limiter_evicted("token", lossless))
+        m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
+        m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))
+        m.breaker_state.set(0)
+        self.active_by_tier: dict[str, int] = {}
+        self._restore_signals: list[tuple[int, Any]] = []
+
+    # -- load and accounting ------------------------------------------------------------------------------------
+    def load(self) -> float:
+        """Server load in [0, 1] for the retry chooser: the worst of streams/capacity, loop lag, breaker state."""
+        streams = len(self.hub.streams) / max(1, self.settings.stream_capacity)
+        lag = self.loopmon.lag / max(1e-6, self.settings.loop_lag_threshold)
+        breaker = 1.0 if self.breaker.state == "open" else 0.5 if self.breaker.state == "half_open" else 0.0
+        return min(1.0, max(streams, lag, breaker))
+
+    def emit(self, kind: str, ctx: RequestContext, **info: Any) -> None:
+        for observer in self.observers:
+            observer(kind, ctx, info)
+
+    def stream_opened(self, stream: Stream) -> None:
+        tier = stream.ctx.tier
+        self.metrics.child(self.metrics.connections, tier).inc()
+        self.metrics.child(self.metrics.active, tier).inc()
+        if self.observers:
+            self.emit("open", stream.ctx, topics=stream.topics)
+
+    def stream_closed(self, stream: Stream) -> None:
+        self.metrics.child(self.metrics.active, stream.ctx.tier).dec()
+        if self.observers:
+            self.emit("close", stream.ctx, reason=stream.close_reason)
+
+    def _evicted(self, stream: Stream, reason: str) -> None:
+        ctx = stream.ctx
+        self.metrics.child(self.metrics.evictions, reason).inc()
+        self.audit.record(client=ctx.identity.ip, tier=ctx.tier, score=ctx.score, layer="hub", reason=reason,
+                          action="evict")
+        if self.observers:
+            self.emit("eviction", ctx, reason=reason)
+
+    def _refused(self, ctx: RequestContext, layer: str, reason: str, action: str) -> None:
+        self.emit("refusal", ctx, layer=layer, reason=reason, action=action)
+
+    def _limiter_evicted(self, kind: str, lossless: bool) -> None:
+        if not lossless:
+            self.metrics.child(self.metrics.limiter_evictions, kind, "false").inc()
+
+    def _breaker_changed(self, state: str) -> None:
+        self.metrics.breaker_state.set(BREAKER_STATES[state])
+        self.metrics.child(self.metrics.breaker_transitions, state).inc()
+        self.audit.record(client="-", layer="breaker", reason="transition", action=state)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.hub.start()
+        self.loopmon.start()
+        self.audit.start()
+        self._hook_signals()
+        gc.collect()
+        gc.freeze()      # start-up objects out of the GC's way (DESIGN.md: full collections stall the loop)
+
+    async def shutdown(self) -> None:
+        self.hub.begin_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace
+        while self.hub.streams and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.hub.stop()
+        await self.loopmon.stop()
+        await self.audit.stop()
+        for sig, handler in self._restore_signals:
+            with contextlib.suppress(ValueError, TypeError):
+                if signal.getsignal(sig) is not handler:
+                    continue
+                signal.signal(sig, handler.__wrapped__)  # type: ignore[attr-defined]
+        self._restore_signals.clear()
+
+    def _hook_signals(self) -> None:
+        """Chain onto the server's SIGTERM/SIGINT handler so streams close *before* the server waits for them.
+
+        uvicorn waits for open connections before it runs lifespan shutdown, so an SSE app that waits for the
+        lifespan event never closes its streams (the classic hang). uvicorn installs its handlers with
+        ``signal.signal`` before lifespan start-up and restores its own saved originals afterwards, so wrapping
+        the current handler here is undone cleanly. Without a Python-level handler (other servers) nothing is
+        wrapped and lifespan shutdown closes the streams.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: Any, _previous: Callable[..., Any] = previous) -> None:
+                loop.call_soon_threadsafe(self.hub.begin_shutdown)
+                _previous(signum, frame)
+
+            handler.__wrapped__ = previous  # type: ignore[attr-defined]
+            signal.signal(sig, handler)
+            self._restore_signals.append((sig, handler))
+
+
+class StormguardApp(Starlette):
+    """Starlette, plus the server's own ``send`` kept in the scope so a stuck stream can be aborted (see sse.py)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope[RAW_SEND_KEY] = send
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
+               quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
+               observers: Sequence[Observer] = (), history: HistoryBackend | None = None) -> StormguardApp:
+    """The stormguard app. See the module docstring for the seams."""
+    s = settings or ServerSettings()
+    rt = Runtime(s, history=history, observers=observers)
+    exempt = tuple(s.exempt_paths)
+    if quota is None:
+        quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
+                                  tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
+
+    def malformed(header: str) -> None:
+        rt.metrics.child(rt.metrics.malformed, header).inc()
+
+    def degraded(kind: str) -> None:
+        rt.metrics.child(rt.metrics.degraded, f"limiter-{kind}").inc()
+
+    middleware = [
+        Middleware(IdentityMiddleware, trusted_proxies=s.trusted_proxies, proxy_headers=s.proxy_headers,
+                   ja3_header=s.ja3_header, ja4_header=s.ja4_header, sni_header=s.sni_header, on_malformed=malformed),
+        Middleware(BreakerMiddleware, breaker=rt.breaker, refuser=rt.refuser, exempt_paths=exempt),
+    ]
+    if reputation_gate is not None:
+        middleware.append(Middleware(ReputationGateMiddleware, gate=reputation_gate, refuser=rt.refuser,
+                                     exempt_paths=exempt))
+    middleware += [
+        Middleware(LimiterMiddleware, refuser=rt.refuser, ip_buckets=rt.ip_buckets, token_buckets=rt.token_buckets,
+                   ip_soft_remaining=s.ip_soft_remaining, token_soft_remaining=s.token_soft_remaining,
+                   paths=tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded),
+        Middleware(QuotaMiddleware, quota=quota, refuser=rt.refuser, paths=SSE_PATHS),
+    ]
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok" if not rt.hub.closing else "closing", "streams": len(rt.hub.streams),
+                             "breaker": rt.breaker.state, "loop_lag": round(rt.loopmon.lag, 4)},
+                            status_code=200 if not rt.hub.closing else 503)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = rt.metrics.render()
+        return Response(body, media_type=content_type)
+
+    routes = [
+        Route("/events", EventsEndpoint(rt)),
+        Route("/publish", PublishEndpoint(rt)),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if s.enable_test_routes:
+        routes += _test_routes()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await rt.startup()
+        try:
+            yield
+        finally:
+            await rt.shutdown()
+
+    app = StormguardApp(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.stormguard = rt
+    return app
+
+
+def _test_routes() -> list[Route]:
+    """Routes that fail on purpose, for tests only (``enable_test_routes``): never on in production."""
+    import time
+
+    async def error(request: Request) -> Response:
+        if request.query_params.get("ok"):
+            return PlainTextResponse("ok\n")
+        raise RuntimeError("test route: deliberate failure")
+
+    async def block(request: Request) -> Response:
+        time.sleep(min(float(request.query_params.get("seconds", "0.1")), 5.0))   # stalls the loop on purpose
+        return PlainTextResponse("blocked the loop\n")
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(min(float(request.query_params.get("seconds", "0.5")), 5.0))
+        return PlainTextResponse("slow ok\n")
+
+    async def whoami(request: Request) -> Response:
+        ctx = request.scope["stormguard"]
+        ident = ctx.identity
+        return JSONResponse({"ip": ident.ip, "peer_ip": ident.peer_ip, "via_proxy": ident.via_proxy,
+                             "ja3": ident.ja3, "ja4": ident.ja4, "sni": ident.sni, "tier": ctx.tier,
+                             "state": request.state.stormguard is ctx})
+
+    return [Route("/_test/error", error), Route("/_test/block", block), Route("/_test/slow", slow),
+            Route("/_test/whoami", whoami)]
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn ``--factory`` entry: settings from ``$STORMGUARD_SERVER_SETTINGS`` (set by ``stormguard serve``)."""
+    return create_app(ServerSettings.from_env())

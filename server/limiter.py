@@ -1,0 +1,109 @@
+"""Limiter layer: token buckets per client address and per bearer token, with soft and hard thresholds.
+
+Algorithm: GCRA (the "virtual scheduling" form of a token bucket). Each key holds ONE float, its theoretical
+arrival time (TAT); a request is admitted when ``max(TAT, now) + 1/rate − now ≤ burst/rate``. The useful property
+for memory: an entry whose TAT is in the past is a *full* bucket, exactly equivalent to no entry — so idle entries
+are dropped losslessly. Entries sit in a dict in touch order (re-inserted on every take); each take drops up to two
+expired entries from the front, so the map tracks the clients active in the last ``burst/rate`` seconds, and a hard
+``max_entries`` cap evicts the least recently touched entry even if not yet expired (counted as *lossy*: it
+forgives that client a little). Millions of distinct addresses therefore cost at most ``max_entries`` × ~100 B.
+
+Soft threshold: admitted with fewer than ``soft_remaining`` tokens left → the request is marked *degraded* (the
+hub hands it a longer ``retry:``). Hard threshold: no token → refused (``rate``/``token_rate``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stormguard.server.context import get_context
+
+
+class GcraBuckets:
+    """Token buckets keyed by string; bounded; clock injectable."""
+
+    def __init__(self, rate: float, burst: float, *, max_entries: int = 1_000_000,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_evict: Callable[[bool], None] | None = None) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.interval = 1.0 / rate
+        self.capacity = burst * self.interval
+        self.max_entries = max_entries
+        self.clock = clock
+        self.on_evict = on_evict or (lambda lossless: None)
+        self._tat: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._tat)
+
+    def take(self, key: str) -> tuple[bool, float, float]:
+        """(admitted, tokens left after this request, seconds until a token is available when refused)."""
+        now = self.clock()
+        tats = self._tat
+        tat = tats.pop(key, None)
+        start = tat if tat is not None and tat > now else now
+        new = start + self.interval
+        if new - now > self.capacity + 1e-9:
+            tats[key] = tat  # type: ignore[assignment]   # refused: unchanged, but now most recently touched
+            return False, 0.0, new - now - self.capacity
+        tats[key] = new
+        self._trim(now)
+        return True, (self.capacity - (new - now)) / self.interval, 0.0
+
+    def _trim(self, now: float) -> None:
+        tats = self._tat
+        for _ in range(2):                                   # amortised expiry: lossless
+            key = next(iter(tats))
+            if tats[key] > now:
+                break
+            del tats[key]
+            self.on_evict(True)
+        while len(tats) > self.max_entries:                  # hard cap: least recently touched goes
+            key = next(iter(tats))
+            lossless = tats.pop(key) <= now
+            self.on_evict(lossless)
+
+
+class LimiterMiddleware:
+    """Pure-ASGI limiter: per-address bucket on ``paths`` (new SSE connections), per-token bucket everywhere."""
+
+    def __init__(self, app: Any, *, refuser: Any, ip_buckets: GcraBuckets | None = None,
+                 token_buckets: GcraBuckets | None = None, ip_soft_remaining: float = 1.0,
+                 token_soft_remaining: float = 0.0, paths: tuple[str, ...] | None = ("/events",),
+                 exempt_paths: tuple[str, ...] = (), on_degrade: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.refuser = refuser
+        self.ip_buckets = ip_buckets
+        self.token_buckets = token_buckets
+        self.ip_soft = ip_soft_remaining
+        self.token_soft = token_soft_remaining
+        self.paths = paths
+        self.exempt_paths = exempt_paths
+        self.on_degrade = on_degrade or (lambda kind: None)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        if self.ip_buckets is not None and (self.paths is None or scope["path"] in self.paths):
+            ok, left, _ = self.ip_buckets.take(ctx.identity.ip)
+            if not ok:
+                if await self.refuser.refuse(scope, send, layer="limiter", reason="rate"):
+                    return
+            elif left < self.ip_soft:
+                ctx.degraded = True
+                self.on_degrade("ip")
+        key = ctx.identity.token_key
+        if self.token_buckets is not None and key is not None:
+            ok, left, _ = self.token_buckets.take(key)
+            if not ok:
+                if await self.refuser.refuse(scope, send, layer="limiter", reason="token_rate"):
+                    return
+            elif left < self.token_soft:
+                ctx.degraded = True
+                self.on_degrade("token")
+        await self.app(scope, receive, send)

@@ -1,0 +1,63 @@
+"""Prometheus metrics, one registry per app (several apps in one process — tests — must not collide).
+
+Label children are resolved once and cached: ``Counter.labels()`` takes a lock and a dict lookup, which the hot
+path does not need to pay on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    """Every metric the server exports; names follow issue 4 (``http_sse_connections_total`` …)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections = Counter("http_sse_connections", "SSE streams opened", ["tier"], registry=r)
+        self.rejected = Counter("rate_limit_rejected", "Requests refused by a defence layer",
+                                ["layer", "reason"], registry=r)
+        self.shadow = Counter("stormguard_shadow_refusals", "Refusals decided but not enforced (shadow mode)",
+                              ["layer", "reason"], registry=r)
+        self.degraded = Counter("stormguard_degraded", "Requests admitted past a soft threshold", ["layer"],
+                                registry=r)
+        self.active = Gauge("stormguard_active_streams", "Open SSE streams", ["tier"], registry=r)
+        self.breaker_state = Gauge("stormguard_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                   registry=r)
+        self.breaker_transitions = Counter("stormguard_breaker_transitions", "Breaker state changes", ["to"],
+                                           registry=r)
+        self.evictions = Counter("stormguard_evictions", "Streams closed by the server", ["reason"], registry=r)
+        self.loop_lag = Gauge("stormguard_event_loop_lag_seconds", "Last measured event-loop lag", registry=r)
+        self.loop_lag_max = Gauge("stormguard_event_loop_lag_max_seconds", "Largest lag since start", registry=r)
+        self.malformed = Counter("stormguard_malformed_headers", "Ignored malformed header values", ["header"],
+                                 registry=r)
+        self.published = Counter("stormguard_events_published", "Events accepted by POST /publish", registry=r)
+        self.audit_dropped = Counter("stormguard_audit_dropped", "Audit records dropped (queue full)", registry=r)
+        self.limiter_entries = Gauge("stormguard_limiter_entries", "Buckets held by the limiter", ["kind"],
+                                     registry=r)
+        self.limiter_evictions = Counter("stormguard_limiter_evictions", "Limiter entries dropped to stay bounded",
+                                         ["kind", "lossless"], registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """Cached ``metric.labels(*labels)``."""
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
+    def reject(self, layer: str, reason: str) -> None:
+        self.child(self.rejected, layer, reason).inc()
+
+    def set_gauge_function(self, gauge: Gauge, fn: Callable[[], float], *labels: str) -> None:
+        (gauge.labels(*labels) if labels else gauge).set_function(fn)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
