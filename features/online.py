@@ -134,6 +134,9 @@ class OnlineClientFeatures:
     def open(self, event: Mapping[str, Any]) -> ConnectionHandle | None:
         """Count a connection that has just started. Returns ``None`` (and counts ``ignored``) without a key or a
         finite ``ts``."""
+        if not fv.is_connection_start(event.get("conn_row")):
+            self.ignored += 1  # a further row of a connection already counted (vector.py)
+            return None
         key = fv.key_of(event, self.key)
         ts = fv.clean(event.get("ts"))
         if key is None or ts is None or not math.isfinite(float(ts)):

@@ -10,6 +10,10 @@ between consecutive start times inside the window (the first connection of a win
 what lets the online implementation release a window's state when it ends and still agree exactly with the
 batch implementation.
 
+Features describe *connections*: a record whose ``conn_row`` is 1 or more (a second ClientHello after a
+HelloRetryRequest, a further keep-alive request on one TCP connection) belongs to a connection already counted and
+is left out (:func:`is_connection_start`); the connection's fingerprint, UA and headers are those of its first row.
+
 Distinct counters are exact up to :data:`DISTINCT_CAP` and then report ``DISTINCT_CAP`` ("that many or more");
 the corresponding most-frequent value is null once the cap is exceeded (the online side stops tracking new
 values, so it could not name the mode exactly). Batch applies the same rule, so both always agree.
@@ -141,9 +145,15 @@ CATEGORICAL_FEATURES: tuple[tuple[str, str | None, str], ...] = (
 
 #: Record columns the feature code reads (others may be absent).
 INPUT_COLUMNS: tuple[str, ...] = (
-    "ts", "ts_end", "src_ip", "user_agent", "ja3", "ja4", "status", "header_names", "header_entropy",
+    "conn_row", "ts", "ts_end", "src_ip", "user_agent", "ja3", "ja4", "status", "header_names", "header_entropy",
     "header_order",
 )
+
+
+def is_connection_start(conn_row: Any) -> bool:
+    """True when a record opens a connection (``conn_row`` null or 0), false for its further rows."""
+    value = clean(conn_row)
+    return value is None or int(value) == 0
 
 
 def key_columns(key: str) -> tuple[str, ...]:

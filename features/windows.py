@@ -110,6 +110,10 @@ def client_features(records: pd.DataFrame, key: str = "src_ip",
     """
     if window is not None and not window > 0:
         raise ValueError(f"window must be positive seconds or None, not {window!r}")
+    if "conn_row" in records.columns:  # further rows of one connection are not connections (vector.py)
+        conn_row = pd.to_numeric(records["conn_row"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if np.any(conn_row > 0):
+            records = records.loc[~(conn_row > 0)]
     keys = _key_codes(records, key)
     ts_all = _float_array(_column(records, "ts"))
     valid = (keys.codes >= 0) & np.isfinite(ts_all)

@@ -13,6 +13,9 @@ Conventions that the rest of the project relies on:
   ``","`` — a comma can never occur inside a header name (RFC 9110 ``token``), so the join is lossless.
 * ``alpn`` holds the client's ALPN protocol list joined with ``","``; ``tls_versions`` the versions the client
   offered (supported_versions extension, else the legacy version) as hex (``0x0304``) joined with ``" "``.
+* A connection may give several rows (a second ClientHello after a HelloRetryRequest, HTTP/1.1 keep-alive
+  requests). ``conn_row`` numbers them (0 = the connection's first row); it is null where every row is a
+  connection of its own (log lines). Connection-level features count only rows with ``conn_row`` null or 0.
 * Missing values are nulls (``<NA>`` / NaN), never empty strings pretending to be values.
 """
 
@@ -42,6 +45,7 @@ RECORD_COLUMNS: dict[str, str] = {
     "dst_ip": "string",
     "dst_port": "Int32",
     "ch_index": "Int16",  # index of the ClientHello within its connection (HelloRetryRequest -> 0, 1)
+    "conn_row": "Int16",  # index of this row among its connection's rows (0 = first); null = one row per conn
     "ja3": "string",  # MD5 hex of ja3_string
     "ja3_string": "string",
     "ja4": "string",
