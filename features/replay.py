@@ -10,16 +10,21 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from stormguard.report import ReplayStats
-from stormguard.schema import HEADER_NAME_SEP, records_frame
+from stormguard.schema import HEADER_NAME_SEP, RecordWriter, records_table, table_frame
 
 from .headers import header_entropy, header_order_fingerprint
 from .sniff import describe_refusal, sniff
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Rows per Arrow batch: large enough for fast conversion, small enough to keep memory flat on huge inputs.
+BATCH_ROWS = 65536
 
 Progress = Callable[[int], None]
 
@@ -86,35 +91,81 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def iter_records(inputs: Iterable[str | Path], stats: ReplayStats, *, log_format: str = "auto",
+                 log_fields: Mapping[str, str] | None = None, show_progress: bool | None = None
+                 ) -> Iterator[dict[str, Any]]:
+    """Every record of every input, file by file (folders in sorted order), as the readers yield them."""
+    files = expand_inputs(inputs, stats)
+    with _progress_bar(files, show_progress) as update:
+        for path in files:
+            yield from read_file(path, stats, log_format=log_format, log_fields=log_fields, progress=update)
+
+
+def iter_batches(rows: Iterable[dict[str, Any]], size: int = BATCH_ROWS) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def replay_to_file(inputs: Iterable[str | Path], output: str | Path, stats: ReplayStats | None = None, *,
+                   log_format: str = "auto", log_fields: Mapping[str, str] | None = None,
+                   show_progress: bool | None = None) -> int:
+    """Stream every input's records into ``output`` (.parquet or .csv) in bounded batches; returns the row count.
+
+    Rows keep input order (files as given, folders sorted; within a capture, connections roughly by the time
+    they end), so memory stays flat however large the input is.
+    """
+    stats = stats if stats is not None else ReplayStats()
+    rows = iter_records(inputs, stats, log_format=log_format, log_fields=log_fields, show_progress=show_progress)
+    with RecordWriter(output) as writer:
+        for batch in iter_batches(rows):
+            writer.write(batch)
+    stats.records = writer.rows
+    return writer.rows
+
+
 def replay(inputs: Iterable[str | Path], stats: ReplayStats | None = None, *, log_format: str = "auto",
            log_fields: Mapping[str, str] | None = None, show_progress: bool | None = None) -> pd.DataFrame:
-    """Read every input into one record DataFrame (schema :data:`stormguard.schema.RECORD_COLUMNS`)."""
+    """Read every input into one record DataFrame (schema :data:`stormguard.schema.RECORD_COLUMNS`), by time."""
+    import pyarrow as pa
+
+    from stormguard.schema import arrow_schema
+
     stats = stats if stats is not None else ReplayStats()
-    files = expand_inputs(inputs, stats)
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
+    rows = iter_records(inputs, stats, log_format=log_format, log_fields=log_fields, show_progress=show_progress)
+    tables = [records_table(batch) for batch in iter_batches(rows)]
+    table = pa.concat_tables(tables) if tables else arrow_schema().empty_table()
+    frame = table_frame(table)
+    if len(frame):
+        frame = frame.sort_values(["ts", "source", "frame", "line"], kind="stable", na_position="last")
+        frame = frame.reset_index(drop=True)
+    stats.records = len(frame)
+    return frame
+
+
+@contextmanager
+def _progress_bar(files: list[Path], show: bool | None) -> Iterator[Progress | None]:
+    """A tqdm bar over input bytes on a terminal, for inputs large enough to be worth watching."""
+    if show is None:
+        show = sys.stderr.isatty()
     total = 0
     for f in files:
         try:
             total += f.stat().st_size
         except OSError:
             pass
-    bar = None
-    if show_progress and total > 8 * 1024 * 1024:
-        from tqdm import tqdm
+    if not show or total <= 8 * 1024 * 1024:
+        yield None
+        return
+    from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", file=sys.stderr, leave=False)
-    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", file=sys.stderr, leave=False)
     try:
-        for path in files:
-            rows.extend(read_file(path, stats, log_format=log_format, log_fields=log_fields,
-                                  progress=bar.update if bar is not None else None))
+        yield bar.update
     finally:
-        if bar is not None:
-            bar.close()
-    frame = records_frame(rows)
-    if len(frame):
-        frame = frame.sort_values(["ts", "source", "frame", "line"], kind="stable", na_position="last")
-        frame = frame.reset_index(drop=True)
-    stats.records = len(frame)
-    return frame
+        bar.close()

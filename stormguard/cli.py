@@ -54,18 +54,17 @@ def _report(stats: ReplayStats, started: float, verbose: bool) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stormguard.features.replay import replay
-    from stormguard.schema import write_records
+    from stormguard.features.replay import replay_to_file
 
     out = Path(args.output)
     _check_output(out)
     started = time.perf_counter()
     stats = ReplayStats()
-    frame = replay(args.inputs, stats, log_format=args.log_format, log_fields=_parse_fields(args.log_field),
-                   show_progress=None if not args.no_progress else False)
-    write_records(frame, out)
+    rows = replay_to_file(args.inputs, out, stats, log_format=args.log_format,
+                          log_fields=_parse_fields(args.log_field),
+                          show_progress=None if not args.no_progress else False)
     _report(stats, started, args.verbose)
-    print(f"wrote {len(frame)} records to {out}", file=sys.stderr)
+    print(f"wrote {rows} records to {out}", file=sys.stderr)
     if stats.files == 0:
         print("stormguard replay: no readable input", file=sys.stderr)
         return 2

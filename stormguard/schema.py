@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas and pyarrow load lazily: the capture parser and the live server never need pandas
+    import pandas as pd
+    import pyarrow as pa
 
 #: Schema version of connection records; bump when a column changes meaning.
 RECORD_SCHEMA_VERSION = 1
@@ -77,58 +79,157 @@ ALPN_SEP = ","
 TLS_VERSION_SEP = " "
 
 
-def records_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Build a DataFrame with exactly :data:`RECORD_COLUMNS` (unknown keys are an error, missing ones null)."""
-    rows = list(rows)
+_ARROW_TYPES = {"float64": "float64", "string": "string", "Int64": "int64", "Int32": "int32", "Int16": "int16"}
+
+
+def arrow_schema() -> pa.Schema:
+    """The record schema as an Arrow schema (the on-disk form of Parquet outputs)."""
+    import pyarrow as pa
+
+    fields = [pa.field(col, getattr(pa, _ARROW_TYPES[dtype])()) for col, dtype in RECORD_COLUMNS.items()]
+    return pa.schema(fields, metadata={b"stormguard.record_schema": str(RECORD_SCHEMA_VERSION).encode()})
+
+
+def check_fields(rows: Iterable[Mapping[str, Any]]) -> None:
+    """Raise ``ValueError`` naming any key that is not a record column (a reader bug, not bad input)."""
     unknown = {k for r in rows for k in r} - RECORD_COLUMNS.keys()
     if unknown:
         raise ValueError(f"unknown record field(s): {sorted(unknown)}")
+
+
+def records_table(rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Rows → an Arrow table with exactly the record columns (absent keys are null).
+
+    The fast path is Arrow's own converter; a row whose value has the wrong Python type (a reader handing over
+    ``"443"`` for a port) falls back to the tolerant pandas conversion instead of failing the whole batch.
+    """
+    import pyarrow as pa
+
+    check_fields(rows)
+    schema = arrow_schema()
+    try:
+        return pa.Table.from_pylist(list(rows), schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        frame = conform(_frame_from_rows(rows))
+        return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
+def _frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
+    rows = list(rows)
     data = {col: [r.get(col) for r in rows] for col in RECORD_COLUMNS}
-    frame = pd.DataFrame(data, columns=list(RECORD_COLUMNS))
-    return conform(frame)
+    return pd.DataFrame(data, columns=list(RECORD_COLUMNS))
+
+
+def table_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow record table → a pandas DataFrame with the declared nullable dtypes."""
+    import pandas as pd
+    import pyarrow as pa
+
+    mapping = {pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
+               pa.int32(): pd.Int32Dtype(), pa.int16(): pd.Int16Dtype()}
+    return conform(table.to_pandas(types_mapper=mapping.get))
+
+
+def records_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build a DataFrame with exactly :data:`RECORD_COLUMNS` (unknown keys are an error, missing ones null)."""
+    return table_frame(records_table(list(rows)))
 
 
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Return ``frame`` with every record column present (nulls when absent) and cast to its dtype."""
+    import pandas as pd
+
     out = pd.DataFrame(index=frame.index)
     for col, dtype in RECORD_COLUMNS.items():
         if col in frame.columns:
             series = frame[col]
+            if str(series.dtype) == dtype:
+                out[col] = series
+                continue
             if dtype == "string":
                 series = series.astype("object").where(series.notna(), None)
+            elif dtype != "float64":
+                series = pd.to_numeric(series, errors="coerce")
             out[col] = series.astype(dtype)
         else:
             out[col] = pd.Series(pd.NA if dtype != "float64" else float("nan"), index=frame.index, dtype=dtype)
     return out
 
 
-def write_records(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write records as Parquet (``.parquet``/``.pq``) or CSV (anything else ending ``.csv``)."""
-    path = Path(path)
+def _output_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"{path}: output must end in .parquet or .csv, not {suffix or 'nothing'!r}")
 
-        table = pa.Table.from_pandas(conform(frame), preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[b"stormguard.record_schema"] = str(RECORD_SCHEMA_VERSION).encode()
-        pq.write_table(table.replace_schema_metadata(meta), path)
-    elif suffix == ".csv":
-        conform(frame).to_csv(path, index=False)
-    else:
-        raise ValueError(f"{path}: output must end in .parquet or .csv, not {suffix or 'nothing'!r}")
+
+class RecordWriter:
+    """Stream record batches to Parquet or CSV without holding the whole output in memory.
+
+    Use as a context manager; :meth:`write` takes a list of row dicts (one batch). The file is written to a
+    temporary name and renamed into place on a clean close, so an interrupted run never leaves a half file
+    under the requested name.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.kind = _output_kind(self.path)
+        self.rows = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        self._writer: Any = None
+        self._schema = arrow_schema()
+
+    def __enter__(self) -> RecordWriter:
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(self._tmp, self._schema)
+        else:
+            import pyarrow.csv as pacsv
+
+            self._writer = pacsv.CSVWriter(self._tmp, self._schema)
+        return self
+
+    def write(self, rows: list[Mapping[str, Any]]) -> None:
+        if rows:
+            self.write_table(records_table(rows))
+
+    def write_table(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._writer.close()
+        if exc_type is None:
+            self._tmp.replace(self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_records(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a record DataFrame as Parquet (``.parquet``/``.pq``) or CSV (``.csv``)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(conform(frame), schema=arrow_schema(), preserve_index=False)
+    with RecordWriter(path) as writer:
+        writer.write_table(table)
 
 
 def read_records(path: str | Path) -> pd.DataFrame:
-    """Read records written by :func:`write_records` (Parquet or CSV) back with the declared dtypes."""
+    """Read records written by :func:`write_records` or ``stormguard replay`` back with the declared dtypes."""
+    import pandas as pd
+
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
+    kind = _output_kind(path) if path.suffix.lower() in {".parquet", ".pq", ".csv"} else None
+    if kind == "parquet":
         frame = pd.read_parquet(path)
-    elif suffix == ".csv":
-        frame = pd.read_csv(path, dtype={c: ("string" if d == "string" else None) for c, d in RECORD_COLUMNS.items()
-                                        if d == "string"}, keep_default_na=True)
+    elif kind == "csv":
+        strings = {c: "string" for c, d in RECORD_COLUMNS.items() if d == "string"}
+        frame = pd.read_csv(path, dtype=strings, keep_default_na=True)
     else:
         raise ValueError(f"{path}: records must be .parquet or .csv")
     missing = [c for c in ("ts", "src_ip") if c not in frame.columns]
