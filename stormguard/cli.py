@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     from stormguard.server.cli import register as register_serve
 
     register_serve(sub)
+
+    from stormguard.scoring.cli import register as register_reputation
+
+    register_reputation(sub)
     return parser
 
 

@@ -1,0 +1,189 @@
+"""Redis-only promises: Cluster-compatible keys, TTLs, NOSCRIPT recovery, several processes, and outages.
+
+The outage tests own their ``redis-server``: they stop it mid-run, check that every call is still answered from
+the local fallback (one log line, counters up), then start a new server on the same port and check recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import redis
+from redis_server import RedisServer, own_redis_server_fixture, redis_server_fixture  # noqa: F401 - fixtures
+from stormguard.scoring.engine import ReputationEngine
+from stormguard.scoring.stores import open_store
+from stormguard.scoring.stores.failover import FailoverStore
+from stormguard.scoring.stores.redis_store import RedisStore
+from stormguard.scoring.stores.sync import SyncStore
+
+from stormguard.config import Config
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def test_keys_share_a_hash_tag_per_operation(redis_server: RedisServer) -> None:
+    from redis.crc import key_slot
+
+    with SyncStore(open_store(f"{redis_server.url}?prefix=sg&shards=16&failover=0")) as s:
+        store: RedisStore = s.store
+        for client in ("1.2.3.4", "2001:db8::1", "weird{key}", ""):
+            keys = store.keys_for(client)
+            assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+        tags = {store.tag(f"10.0.0.{i}") for i in range(256)}
+        assert len(tags) == 16 and len({key_slot(t.encode()) for t in tags}) > 1  # spread over slots
+
+
+def test_ttl_covers_decay_and_block(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0&idle_ttl=60")) as s:
+        s.add("quiet", 0.1)
+        s.add("bad", -100)
+        s.block("long", time.time() + 10 * 86400)
+        ttl = {k: r.ttl(s.store.keys_for(k)[0]) for k in ("quiet", "bad", "long")}
+        assert 0 < ttl["quiet"] <= 60
+        assert ttl["bad"] > 86400 * 5  # ~ln(200)/λ: until the score has decayed to ~0
+        assert ttl["long"] >= 10 * 86400 - 5
+        s.clear()
+
+
+def test_noscript_is_reloaded(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as s:
+        s.add("k", -5, now=10.0)
+        r.script_flush()
+        assert s.add("k", -5, now=10.0).score == -10
+        assert s.store.script_reloads == 1
+        s.clear()
+
+
+def test_expired_members_leave_the_ranking(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as s:
+        s.add("gone", -10, now=100.0)
+        r.delete(s.store.keys_for("gone")[0])  # as if its TTL ran out
+        assert [x.key for x in s.top(5)] == []
+        s.add("a", -1, now=100.0)
+        h, z, x = s.store.keys_for("a")
+        r.zadd(x, {"gone2": 0})
+        r.zadd(z, {"gone2": 0})
+        s.add("a", -1, now=200.0)  # the write sweeps expired members
+        assert r.zscore(z, "gone2") is None and r.zscore(x, "gone2") is None
+        s.clear()
+
+
+_WORKER = """
+import sys
+from stormguard.scoring.stores import open_store
+from stormguard.scoring.stores.sync import SyncStore
+url, n = sys.argv[1], int(sys.argv[2])
+with SyncStore(open_store(url, failover=False)) as s:
+    async def go():
+        import asyncio
+        await asyncio.gather(*(s.store.add("shared", 0.0625, now=1000.0) for _ in range(n)))
+    s.run(go())
+"""
+
+
+def test_processes_lose_no_update(redis_server: RedisServer) -> None:
+    url = f"{redis_server.url}?prefix={_prefix()}"
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, url, "200"]) for _ in range(4)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+    with SyncStore(open_store(url, failover=False)) as s:
+        assert s.get("shared", now=1000.0).score == 4 * 200 * 0.0625
+        s.clear()
+
+
+def _failover(server: RedisServer, mode: str = "closed") -> SyncStore:
+    store = open_store(f"{server.url}?prefix=out&timeout=0.2&retry_seconds=0.2&fail_mode={mode}")
+    assert isinstance(store, FailoverStore)
+    return SyncStore(store)
+
+
+def test_outage_and_recovery(own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="stormguard.scoring.store")
+    with _failover(own_redis_server) as s:
+        store: FailoverStore = s.store
+        blocked = s.add("bad", -60, "storm", block_score=-50, block_seconds=3600)
+        assert blocked.blocked(time.time()) and not store.degraded
+        s.add("good", 30)
+
+        own_redis_server.stop()
+        answers = []
+        started = time.monotonic()
+        for i in range(50):  # requests keep being answered, no exception
+            answers.append(s.get("bad"))
+            s.add(f"new{i}", -1, "outage")
+        elapsed = time.monotonic() - started
+        assert store.degraded and store.metrics()["degraded"] == 1.0
+        assert all(a.blocked(time.time()) for a in answers)  # fail-closed: the known block holds
+        assert s.get("good").score == pytest.approx(30, abs=0.01)  # mirrored before the outage
+        assert s.get("new3").score == pytest.approx(-1, abs=0.01)  # local updates during the outage
+        assert elapsed < 5, "calls must not each wait for a dead Redis"
+        engine = ReputationEngine(store, Config())  # what the server's gate calls: answers, no exception
+        decision = s.run(engine.decide("bad"))
+        assert decision.blocked and not decision.allow
+        verdict, rep = s.run(engine.observe("198.51.100.77", {"short_lived": 5}))
+        assert verdict.delta == -30 and rep is not None and rep.score == pytest.approx(-30)
+        assert store.errors >= 1 and store.fallback_calls >= 100
+        assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+        assert sum("degraded" in r.message for r in caplog.records) == 1  # one log line, not one per call
+
+        own_redis_server.start()  # a new, empty Redis on the same port
+        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while store.degraded and time.monotonic() < deadline:
+            s.add("probe", -1)
+            time.sleep(0.05)
+        assert not store.degraded, "the store must resume Redis"
+        assert any("recovered" in r.message for r in caplog.records)
+        assert s.add("after", -7).score == pytest.approx(-7)
+        s.run(store.drain())
+        assert store.replayed >= 50 and not store.journal  # the outage's updates reached the new Redis
+        assert s.store.primary is store.primary
+        assert s.run(store.primary.get("new3")).score == pytest.approx(-1, abs=0.01)
+        assert store.primary.script_reloads >= 1  # a fresh server knows no scripts: NOSCRIPT -> reload
+        r = redis.Redis(port=own_redis_server.port)
+        assert r.exists(store.primary.keys_for("after")[0]) == 1
+        assert store.metrics()["degraded_events_total"] == 1
+
+
+def test_fail_open_admits_while_degraded(own_redis_server: RedisServer) -> None:
+    with _failover(own_redis_server, "open") as s:
+        assert s.add("bad", -60, block_score=-50, block_seconds=3600).blocked(time.time())
+        own_redis_server.stop()
+        assert not s.get("bad").blocked(time.time())
+        assert s.store.degraded
+
+
+def test_slow_redis_times_out_into_fallback(own_redis_server: RedisServer) -> None:
+    admin = redis.Redis(port=own_redis_server.port)
+    with _failover(own_redis_server) as s:
+        s.add("k", -10)
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        started = time.monotonic()
+        rep = s.get("k")
+        assert time.monotonic() - started < 1.0 and s.store.degraded
+        assert rep.score == pytest.approx(-10, abs=0.01)
+        time.sleep(1.7)
+        s.add("k", -1)
+        s.add("k", -1)
+        assert not s.store.degraded
+
+
+def test_concurrent_tasks_through_failover(redis_server: RedisServer) -> None:
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&timeout=5")) as s:
+        async def go() -> None:
+            await asyncio.gather(*(s.store.add("c", 0.125, now=50.0) for _ in range(400)))
+
+        s.run(go())
+        assert s.get("c", now=50.0).score == 50.0
+        assert not s.store.degraded
+        s.clear()
