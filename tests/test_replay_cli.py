@@ -71,3 +71,15 @@ def test_csv_and_parquet_round_trip(tmp_path: Path) -> None:
         write_records(frame, tmp_path / name)
         back = read_records(tmp_path / name)
         pd.testing.assert_frame_equal(back, frame, check_dtype=True)
+
+
+def test_records_table_tolerates_wrong_python_types_and_rejects_unknown_fields() -> None:
+    import pytest
+
+    from stormguard.schema import records_table
+
+    table = records_table([{"ts": 1, "src_port": "443", "status": 200.0}, {"ts": 2.5, "src_ip": "::1"}])
+    assert table.column("src_port").to_pylist() == [443, None]
+    assert table.column("ts").to_pylist() == [1.0, 2.5]
+    with pytest.raises(ValueError, match="unknown record field"):
+        records_table([{"ts": 1.0, "colour": "blue"}])
