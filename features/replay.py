@@ -74,8 +74,12 @@ def read_file(path: Path, stats: ReplayStats, *, log_format: str = "auto",
 
         fmt = "jsonl" if kind == "jsonl" and log_format == "auto" else log_format
         rows = read_log(path, stats, fmt=fmt, fields=log_fields, progress=progress)
-    for row in rows:
-        yield finish_row(row)
+    try:
+        for row in rows:
+            yield finish_row(row)
+    except Exception as exc:  # a reader bug must not cost the other inputs: keep what came before, say where
+        stats.warn(str(path), f"internal error while reading ({type(exc).__name__}: {exc}); records before it "
+                   "are kept, the rest of this file is skipped — please report this", reason="reader error")
 
 
 def finish_row(row: dict[str, Any]) -> dict[str, Any]:
