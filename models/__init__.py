@@ -1,1 +1,10 @@
-"""stormguard.models — reserved for later issues (see DESIGN.md)."""
+"""stormguard.models — the learning side: User-Agent model, model bundles, evaluation.
+
+- :mod:`stormguard.models.ua`: :class:`~stormguard.models.ua.UAModel` (UA clusters, distance, bot probability).
+- :mod:`stormguard.models.ua_eval`: cross-validated and leave-one-source-out evaluation of the UA model.
+- :mod:`stormguard.models.bundle`: safe save/load of fitted models (skops, type allow-list, checks).
+- :mod:`stormguard.models.cli`: ``stormguard ua train|score`` (``register(subparsers)``).
+
+Nothing is imported here, so ``import stormguard.models`` costs nothing until a submodule is used: scikit-learn
+and skops load only for whoever needs them, never on the server's import path by accident.
+"""

@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     from stormguard.scoring.cli import register as register_reputation
 
     register_reputation(sub)
+
+    from stormguard.models.cli import register as register_ua
+
+    register_ua(sub)
     return parser
 
 
