@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from stormguard.report import ReplayStats
 from stormguard.schema import HEADER_NAME_SEP, RecordWriter, records_table, table_frame
+from stormguard.sink import BackgroundRecordWriter
 
 from .headers import header_entropy, header_order_fingerprint
 from .sniff import describe_refusal, sniff
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 #: Rows per Arrow batch: large enough for fast conversion, small enough to keep memory flat on huge inputs.
 BATCH_ROWS = 65536
+#: Rows per message to the background writer: smaller, so that parsing and writing overlap well.
+PIPE_BATCH_ROWS = 8192
 
 Progress = Callable[[int], None]
 
@@ -118,16 +121,21 @@ def iter_batches(rows: Iterable[dict[str, Any]], size: int = BATCH_ROWS) -> Iter
 
 def replay_to_file(inputs: Iterable[str | Path], output: str | Path, stats: ReplayStats | None = None, *,
                    log_format: str = "auto", log_fields: Mapping[str, str] | None = None,
-                   show_progress: bool | None = None) -> int:
+                   show_progress: bool | None = None, background: bool | None = None) -> int:
     """Stream every input's records into ``output`` (.parquet or .csv) in bounded batches; returns the row count.
 
-    Rows keep input order (files as given, folders sorted; within a capture, connections roughly by the time
+    With ``background`` (default: when there is a second core) a forked writer process converts and writes
+    while this one parses (:mod:`stormguard.sink`). Rows keep input order (files as given, folders sorted; within a capture, connections roughly by the time
     they end), so memory stays flat however large the input is.
     """
     stats = stats if stats is not None else ReplayStats()
     rows = iter_records(inputs, stats, log_format=log_format, log_fields=log_fields, show_progress=show_progress)
-    with RecordWriter(output) as writer:
-        for batch in iter_batches(rows):
+    if background is None:
+        background = BackgroundRecordWriter.available()
+    writer: RecordWriter | BackgroundRecordWriter = (
+        BackgroundRecordWriter(output) if background else RecordWriter(output))
+    with writer:
+        for batch in iter_batches(rows, BATCH_ROWS if not background else PIPE_BATCH_ROWS):
             writer.write(batch)
     stats.records = writer.rows
     return writer.rows

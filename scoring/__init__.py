@@ -13,10 +13,26 @@ Modules, each named for what it holds:
 Algorithms never import a storage backend and stores know nothing of rules, as in the ``limits`` library.
 """
 
-from stormguard.scoring.engine import Decision, ReputationEngine
-from stormguard.scoring.reputation import Reputation
-from stormguard.scoring.stores import MemoryStore, ReputationStore, open_store
-from stormguard.scoring.stores.sync import SyncStore
+from importlib import import_module
+from typing import Any
 
-__all__ = ["Decision", "MemoryStore", "Reputation", "ReputationEngine", "ReputationStore", "SyncStore",
-           "open_store"]
+# Loaded on first use (PEP 562): ``stormguard --help`` and the capture parser must not pay for asyncio, redis and
+# the rule engine just because the command line registers ``stormguard reputation``.
+_EXPORTS = {
+    "Decision": "stormguard.scoring.engine",
+    "ReputationEngine": "stormguard.scoring.engine",
+    "Reputation": "stormguard.scoring.reputation",
+    "MemoryStore": "stormguard.scoring.stores",
+    "ReputationStore": "stormguard.scoring.stores",
+    "open_store": "stormguard.scoring.stores",
+    "SyncStore": "stormguard.scoring.stores.sync",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stormguard.scoring' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,125 @@
+"""Write record batches from a helper process, so that output overlaps with parsing.
+
+Parsing a capture is one core's work; turning rows into Arrow columns and Parquet pages (and, before that,
+importing pyarrow — which imports pandas — about half a second) is another's. On a machine with a second core,
+:class:`BackgroundRecordWriter` forks a writer process before those libraries are loaded: the parent parses and
+sends each batch down a pipe (pickled: ``marshal`` would be faster but silently turns numpy scalars into bytes
+through the buffer protocol), the child converts and writes with :class:`stormguard.schema.RecordWriter`. The pipe is the bound on memory: when the writer falls
+behind, the parser waits.
+
+Failure is loud and loses nothing silently: if the child cannot write (disk full, bad path), the parent's next
+send or the final close raises :class:`SinkError` with the child's message, and the partial output is removed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+_ROWS = b"R"
+_END = b"E"
+_ABORT = b"A"
+
+
+class SinkError(RuntimeError):
+    """The writer process failed; the message says why."""
+
+
+def _encode(rows: list[Mapping[str, Any]]) -> bytes:
+    return _ROWS + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode(blob: bytes) -> list[Mapping[str, Any]]:
+    return pickle.loads(blob[1:])
+
+
+def _writer_main(conn: Connection, path: str) -> None:
+    from stormguard.schema import RecordWriter
+
+    writer = RecordWriter(path)
+    try:
+        with writer:
+            while True:
+                blob = conn.recv_bytes()
+                kind = blob[:1]
+                if kind == _END:
+                    break
+                if kind == _ABORT:
+                    raise SinkError("aborted by the parser")
+                writer.write(_decode(blob))
+    except SinkError:
+        conn.send(("aborted", 0))
+        return
+    except BaseException as exc:  # report anything, then let the parent raise it
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        return
+    conn.send(("ok", writer.rows))
+
+
+class BackgroundRecordWriter:
+    """Context manager with the :class:`~stormguard.schema.RecordWriter` interface, writing in a child process."""
+
+    def __init__(self, path: str | Path) -> None:
+        from stormguard.schema import _output_kind
+
+        self.path = Path(path)
+        _output_kind(self.path)  # refuse a bad suffix here, not in the child
+        self.rows = 0
+        ctx = mp.get_context("fork")
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._child_conn = child
+        self._proc = ctx.Process(target=_writer_main, args=(child, str(self.path)), name="stormguard-writer",
+                                 daemon=True)
+
+    @staticmethod
+    def available() -> bool:
+        """Worth it (and possible): a second core and the fork start method."""
+        return (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
+
+    def __enter__(self) -> BackgroundRecordWriter:
+        self._proc.start()
+        self._child_conn.close()
+        return self
+
+    def write(self, rows: list[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            self._conn.send_bytes(_encode(rows))
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            raise SinkError(self._child_failure() or f"writer process gone ({exc})") from None
+
+    def _child_failure(self) -> str | None:
+        try:
+            if self._conn.poll(5):
+                status, detail = self._conn.recv()
+                if status == "error":
+                    return f"writing {self.path} failed: {detail}"
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._conn.send_bytes(_END if exc_type is None else _ABORT)
+            status, detail = self._conn.recv()
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            status, detail = "error", "writer process ended unexpectedly"
+        finally:
+            self._proc.join(30)
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._conn.close()
+        if exc_type is not None:
+            return
+        if status != "ok":
+            raise SinkError(f"writing {self.path} failed: {detail}")
+        self.rows = int(detail)
