@@ -208,3 +208,26 @@ def test_bom_crlf_invalid_utf8_and_nginx_main_extras(tmp_path: Path) -> None:
     assert [r["src_ip"] for r in recs] == ["1.2.3.4"] * 2
     assert recs[0]["user_agent"] == "curl/\ufffd8" and recs[1]["path"] == "/x"
     assert not stats.problems
+
+
+def test_time_cache_agrees_with_parse_clf_time() -> None:
+    """The split date/clock cache of the fast paths gives parse_clf_time's value, or defers to it, for every string."""
+    from stormguard.features.logs import _TimeCache
+
+    cache = _TimeCache()
+    texts = ["17/May/2015:10:05:03 +0000", "10/Oct/2000:13:55:36 -0700", "29/Feb/2024:23:59:59 +0530",
+             "31/Dec/1999:23:59:60 +1400", "17/May/2015:10:05:03.250 +0000", "29/Feb/2023:10:00:00 +0000",
+             "17/May/2015:24:05:03 +0000", "17/May/2015:10:60:03 +0000", "17/May/2015:10:05:61 +0000",
+             "17/May/2015 10:05:03 +0000", "17/May/2015:1:05:03 +0000", "17/May/2015:10:05:0\u0663 +0000",
+             "17/May/2015:10:05:03 +00000", "17/May/2015:10:05:03 0000", "17/Foo/2015:10:05:03 +0000",
+             "yesterday", "", "17/May/2015:10:05:03", "2015-05-17T10:05:03.123456"]
+    for text in texts * 2:  # the second round is served from the caches
+        assert cache(text) == parse_clf_time(text), text
+
+
+def test_jsonl_non_finite_numbers_are_ignored(tmp_path: Path) -> None:
+    path = write(tmp_path, "inf.jsonl", ['{"ts": 5, "status": Infinity, "bytes": NaN, "src_port": "inf", "dst_port": 443}'])
+    stats = ReplayStats()
+    (rec,) = read_log(path, stats)
+    assert rec["ts"] == 5.0 and rec["dst_port"] == 443
+    assert "status" not in rec and "bytes_out" not in rec and "src_port" not in rec
