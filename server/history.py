@@ -1,8 +1,12 @@
-"""Event history behind a small interface: memory now, Redis Streams later (same three calls).
+"""Event history behind a small interface: memory (synchronous) or Redis Streams (asynchronous, shared).
 
 The backend owns sequence numbers, so that with Redis several processes agree on them (XADD ids), and an
 ``epoch`` that changes when numbering restarts (a fresh in-memory hub), so an old ``Last-Event-ID`` is never
 mistaken for a position in the new numbering.
+
+Two shapes, because the memory backend must stay free of awaits (publish and subscribe+replay never interleave
+there) while a shared store cannot be: :class:`HistoryBackend` (memory) and :class:`AsyncHistoryBackend`
+(``server/history_redis.py``). The hub tells them apart by ``is_async``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class Event:
         if self._frame is None:
             self._frame = f"id: {self.topic}:{self.seq}@{epoch}\n{self.body()}".encode()
         return self._frame
+
+
+class HistoryUnavailable(Exception):
+    """The shared history store cannot be reached: publishing answers 503, new streams are paced."""
 
 
 class HistoryBackend(Protocol):
@@ -109,3 +117,32 @@ class MemoryHistory:
 
     def find(self, topic: str, pub_id: str) -> Event | None:
         return self._pub.get(topic, {}).get(pub_id)
+
+
+class AsyncHistoryBackend(Protocol):
+    """A shared history (Redis Streams): several processes append, each process runs one reader for fan-out.
+
+    Every coroutine raises :class:`HistoryUnavailable` when the store cannot be reached.
+    """
+
+    epoch: str
+    is_async: bool      # True
+
+    async def publish(self, topic: str, data: str, event: str | None = None,
+                      pub_id: str | None = None) -> tuple[Event, bool]:
+        """Append (or find the retained event of this publisher id); (event, duplicate). No local fan-out."""
+        ...
+
+    async def fetch(self, plan: dict[str, int | None]) -> dict[str, tuple[list[Event], bool, int]]:
+        """Per topic: ``(events after plan[topic], gap, last seq)``; ``None`` asks only for the last seq."""
+        ...
+
+    async def read(self, cursors: dict[str, int]) -> list[Event]:
+        """Block (bounded) until events after ``cursors`` arrive or :meth:`wake` is called; in publish order."""
+        ...
+
+    async def wake(self) -> None:
+        """Make a blocked :meth:`read` return, so it picks up a changed set of topics."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from stormguard.server.context import RequestContext, get_context
-from stormguard.server.history import Event
+from stormguard.server.history import Event, HistoryUnavailable
 from stormguard.server.hub import TOPIC_RE, format_id, parse_last_event_id
 from stormguard.server.settings import TierLimits
 
@@ -127,6 +127,9 @@ class EventsEndpoint:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        bind = getattr(runtime.hub.history, "bind_metrics", None)     # shared history: its outage metrics
+        if bind is not None:
+            bind(runtime.metrics.registry)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         rt = self.rt
@@ -159,7 +162,13 @@ class EventsEndpoint:
         settings = rt.settings
         stream = Stream(topics, hub.history.epoch, settings.send_queue_size, clock(), ctx,
                         ctx.extra.get("limits"))
-        replay = hub.attach(stream, positions)
+        try:
+            replay = await hub.open(stream, positions)
+        except HistoryUnavailable:
+            # no replay, no position: pace the client (it comes back with its Last-Event-ID), count a failure
+            rt.breaker.record_failure("store")
+            await rt.refuser.refuse(scope, send, layer="hub", reason="store", enforce=True)
+            return
         rt.stream_opened(stream)
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(self._watch(receive, stream))
@@ -185,13 +194,18 @@ class EventsEndpoint:
                     break
                 parts: list[bytes] = []
                 data = False
+                positions = stream.positions
                 while mailbox and len(parts) < 64:
                     item = mailbox.popleft()
                     if isinstance(item, Event):
+                        if item.seq <= positions[item.topic]:
+                            continue                        # replayed already (shared history: see hub.open)
                         parts.append(stream.frame(item))
                         data = True
                     else:
                         parts.append(item)
+                if not parts:
+                    continue
                 now = clock()
                 stream.last_write = now
                 if data:
@@ -260,7 +274,12 @@ class PublishEndpoint:
         if error:
             await _plain(send, 400, error + "\n")
             return
-        ev, duplicate = self.rt.hub.publish(*fields)
+        try:
+            ev, duplicate = await self.rt.hub.publish_async(*fields)
+        except HistoryUnavailable as exc:
+            await _plain(send, 503, f"not published: {exc}; retry later (a repeated id is not published twice)\n",
+                         [(b"retry-after", b"1")])
+            return
         if not duplicate:
             self.rt.metrics.published.inc()
         out = json.dumps({"topic": ev.topic, "seq": ev.seq, "id": f"{ev.topic}:{ev.seq}@{self.rt.hub.history.epoch}",
