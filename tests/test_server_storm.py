@@ -124,4 +124,4 @@ def test_storm_well_behaved_clients_lose_nothing(tmp_path: Path) -> None:
     outcomes = Counter(o for h in hammers for o in h.outcomes)
     print(f"storm: {sum(outcomes.values())} aggressive attempts {dict(outcomes)} in {storm_s:.1f} s "
           f"(all done {times['total_s']:.1f} s); polite connects {sum(len(c.statuses) for c in polite)}; "
-          f"audit {len(audit)} records; RSS {rss_before / 1024:.1f} → {rss_after / 1024:.1f} MB")
+          f"audit {dict(Counter((r['layer'], r['reason'], r['action']) for r in audit))}; RSS {rss_before / 1024:.1f} → {rss_after / 1024:.1f} MB")
