@@ -9,7 +9,13 @@ Seams (keyword arguments of :func:`create_app`):
   ``settings.tiers`` with ``tier_of`` (default: the tier the gate set, else ``settings.default_tier``).
 * ``observers`` — callables ``(kind, ctx, info)`` for per-connection events (``open``, ``first_byte``, ``close``,
   ``refusal``, ``eviction``): the online features and the reputation rules subscribe here.
-* ``history`` — a :class:`~stormguard.server.history.HistoryBackend` (memory by default; Redis Streams later).
+* ``history`` — a :class:`~stormguard.server.history.HistoryBackend` (memory by default; Redis Streams with ``history_url``).
+* ``reputation`` — a :class:`~stormguard.server.reputation_gate.ReputationService`: the store-backed gate (tier
+  and score from the reputation store, blocks refused), the live rules fed by the observers and the dynamic
+  threshold, with their background tasks. :func:`create_app_from_env` builds it from the config when
+  ``settings.reputation`` is on.
+* tenants — when ``settings.jwt_secret`` or ``settings.jwt_public_key`` is set, :class:`TenantMiddleware` verifies
+  a JWT on the stream paths (between the gate and the limiter) and the quota gets per-tenant pools.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from stormguard.server.audit import AuditLog
 from stormguard.server.breaker import BreakerMiddleware, CircuitBreaker
 from stormguard.server.context import RequestContext
 from stormguard.server.gate import ReputationGate, ReputationGateMiddleware
-from stormguard.server.history import HistoryBackend, MemoryHistory
+from stormguard.server.history import AsyncHistoryBackend, HistoryBackend
+from stormguard.server.history_redis import history_from_url
 from stormguard.server.hub import Hub
 from stormguard.server.identity import IdentityMiddleware
 from stormguard.server.limiter import GcraBuckets, LimiterMiddleware
@@ -39,6 +46,7 @@ from stormguard.server.loopmon import LoopMonitor
 from stormguard.server.metrics import BREAKER_STATES, Metrics
 from stormguard.server.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
 from stormguard.server.refuse import Refuser
+from stormguard.server.reputation_gate import ReputationService
 from stormguard.server.retry import RetryChooser
 from stormguard.server.settings import ServerSettings
 from stormguard.server.sse import RAW_SEND_KEY, EventsEndpoint, PublishEndpoint, Stream
@@ -50,7 +58,7 @@ SSE_PATHS = ("/events",)
 class Runtime:
     """Everything the layers and endpoints share, built once per app (``app.state.stormguard``)."""
 
-    def __init__(self, settings: ServerSettings, *, history: HistoryBackend | None = None,
+    def __init__(self, settings: ServerSettings, *, history: HistoryBackend | AsyncHistoryBackend | None = None,
                  observers: Sequence[Observer] = ()) -> None:
         s = self.settings = settings
         self.metrics = m = Metrics()
@@ -68,8 +76,10 @@ class Runtime:
                                    on_lag=lambda lag: self.breaker.record_failure("loop_lag"),
                                    on_sample=m.loop_lag.set)
         m.loop_lag_max.set_function(lambda: self.loopmon.max_lag)
-        self.hub = Hub(history or MemoryHistory(max_events=s.history_max_events, max_age=s.history_max_age),
-                       heartbeat=s.heartbeat_interval, on_evict=self._evicted)
+        if history is None:
+            history = history_from_url(s.history_url, max_events=s.history_max_events,
+                                       max_age=s.history_max_age, prefix=s.history_prefix)
+        self.hub = Hub(history, heartbeat=s.heartbeat_interval, on_evict=self._evicted)
         self.refuser = Refuser(retry=self.retry, actions=s.refusal_actions, load=self.load, metrics=m,
                                audit=self.audit, shadow=s.shadow, sse_paths=SSE_PATHS,
                                on_refusal=self._refused if self.observers else None)
@@ -82,6 +92,7 @@ class Runtime:
         m.breaker_state.set(0)
         self.active_by_tier: dict[str, int] = {}
         self._restore_signals: list[tuple[int, Any]] = []
+        self.reputation: ReputationService | None = None
 
     # -- load and accounting ------------------------------------------------------------------------------------
     def load(self) -> float:
@@ -188,20 +199,38 @@ class StormguardApp(Starlette):
 
 def create_app(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
                quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
-               observers: Sequence[Observer] = (), history: HistoryBackend | None = None) -> StormguardApp:
+               observers: Sequence[Observer] = (), history: HistoryBackend | AsyncHistoryBackend | None = None,
+               reputation: ReputationService | None = None) -> StormguardApp:
     """The stormguard app. See the module docstring for the seams."""
     s = settings or ServerSettings()
+    if reputation is not None:
+        reputation_gate = reputation_gate or reputation.gate
+        observers = [*observers, *reputation.observers]
     rt = Runtime(s, history=history, observers=observers)
+    rt.reputation = reputation
+    if reputation is not None:
+        reputation.bind(rt)
     exempt = tuple(s.exempt_paths)
     if quota is None:
         quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
                                   tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
+    verifier = None
+    if s.jwt_secret or s.jwt_public_key:
+        from stormguard.server.tenants import JwtVerifier, TenantStreamQuota
+
+        verifier = JwtVerifier(secret=s.jwt_secret, public_key=s.jwt_public_key, audience=s.jwt_audience,
+                               issuer=s.jwt_issuer, leeway=s.jwt_leeway, tenant_claim=s.tenant_claim)
+        quota = TenantStreamQuota(quota, default_pool=s.tenant_streams, pools=s.tenant_pools)
 
     def malformed(header: str) -> None:
         rt.metrics.child(rt.metrics.malformed, header).inc()
 
     def degraded(kind: str) -> None:
         rt.metrics.child(rt.metrics.degraded, f"limiter-{kind}").inc()
+
+    def warned(ctx: RequestContext, reason: str) -> None:
+        rt.audit.record(client=ctx.identity.ip, tier=ctx.tier, score=ctx.score, layer="limiter", reason=reason,
+                        action="warn", tenant=ctx.extra.get("tenant"))
 
     middleware = [
         Middleware(IdentityMiddleware, trusted_proxies=s.trusted_proxies, proxy_headers=s.proxy_headers,
@@ -210,11 +239,18 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     ]
     if reputation_gate is not None:
         middleware.append(Middleware(ReputationGateMiddleware, gate=reputation_gate, refuser=rt.refuser,
-                                     exempt_paths=exempt))
+                                     exempt_paths=exempt,
+                                     paths=tuple(s.reputation_paths) if reputation is not None else None))
+    if verifier is not None:
+        from stormguard.server.tenants import TenantMiddleware
+
+        middleware.append(Middleware(TenantMiddleware, verifier=verifier, refuser=rt.refuser,
+                                     paths=tuple(s.jwt_paths), required=s.jwt_required,
+                                     query_param=s.jwt_query_param))
     middleware += [
         Middleware(LimiterMiddleware, refuser=rt.refuser, ip_buckets=rt.ip_buckets, token_buckets=rt.token_buckets,
                    ip_soft_remaining=s.ip_soft_remaining, token_soft_remaining=s.token_soft_remaining,
-                   paths=tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded),
+                   paths=tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded, on_warn=warned),
         Middleware(QuotaMiddleware, quota=quota, refuser=rt.refuser, paths=SSE_PATHS),
     ]
 
@@ -234,22 +270,26 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         Route("/metrics", metrics, methods=["GET"]),
     ]
     if s.enable_test_routes:
-        routes += _test_routes()
+        routes += _test_routes(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await rt.startup()
+        if reputation is not None:
+            await reputation.start()
         try:
             yield
         finally:
             await rt.shutdown()
+            if reputation is not None:
+                await reputation.stop()
 
     app = StormguardApp(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.stormguard = rt
     return app
 
 
-def _test_routes() -> list[Route]:
+def _test_routes(rt: Runtime) -> list[Route]:
     """Routes that fail on purpose, for tests only (``enable_test_routes``): never on in production."""
     import time
 
@@ -273,10 +313,34 @@ def _test_routes() -> list[Route]:
                              "ja3": ident.ja3, "ja4": ident.ja4, "sni": ident.sni, "tier": ctx.tier,
                              "state": request.state.stormguard is ctx})
 
+    async def reputation(request: Request) -> Response:
+        """The in-process store (memory://) as the ``stormguard reputation`` CLI would change a shared one."""
+        service = rt.reputation
+        if service is None:
+            return JSONResponse({"error": "no reputation store"}, status_code=404)
+        q = request.query_params
+        op, key, store = q.get("op", "get"), q.get("key", ""), service.store
+        if op == "block":
+            rep = await store.block(key, store.now() + float(q.get("seconds", "300")), "manual-block")
+        elif op == "unblock":
+            rep = await store.unblock(key, "manual-unblock")
+        elif op == "set":
+            rep = await store.set(key, float(q.get("score", "0")), "manual")
+        else:
+            rep = await store.get(key)
+        return JSONResponse(rep.as_dict())
+
     return [Route("/_test/error", error), Route("/_test/block", block), Route("/_test/slow", slow),
-            Route("/_test/whoami", whoami)]
+            Route("/_test/whoami", whoami), Route("/_test/reputation", reputation)]
 
 
 def create_app_from_env() -> Starlette:
-    """uvicorn ``--factory`` entry: settings from ``$STORMGUARD_SERVER_SETTINGS`` (set by ``stormguard serve``)."""
-    return create_app(ServerSettings.from_env())
+    """uvicorn ``--factory`` entry: settings from ``$STORMGUARD_SERVER_SETTINGS`` (set by ``stormguard serve``);
+    the reputation store, rules and threshold from the config (``$STORMGUARD_CONFIG``, ``STORMGUARD_STORE_URL``…)."""
+    settings = ServerSettings.from_env()
+    reputation = None
+    if settings.reputation:
+        from stormguard.config import load_config
+
+        reputation = ReputationService.from_config(load_config(), settings)
+    return create_app(settings, reputation=reputation)

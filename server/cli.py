@@ -1,49 +1,85 @@
 """``stormguard serve``: run the protected SSE hub under uvicorn (uvloop + httptools, access log off).
 
 DESIGN.md: uvicorn's access log halves throughput and h11 gives ~0.35× of httptools, so neither is used. Settings
-reach worker processes through ``$STORMGUARD_SERVER_SETTINGS`` (JSON) because ``--workers`` re-imports the app
+reach worker processes through ``$STORMGUARD_SERVER_SETTINGS`` (JSON), the config file through
+``$STORMGUARD_CONFIG`` and the store through ``$STORMGUARD_STORE_URL``, because ``--workers`` re-imports the app
 factory in every process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from stormguard.server.settings import ENV_VAR, ServerSettings
+from stormguard.server.settings import ENV_VAR, ServerSettings, server_tiers_from
+
+from stormguard.config import CONFIG_ENV, Config, ConfigError, load_config
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` onto ``base``; tables merge one level deep (a JSON ``refusal_actions`` keeps the TOML's others)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out
+
+
+def load_config_and_settings(config: str | None, store: str | None = None) -> tuple[Config, ServerSettings]:
+    """The whole config and the server's settings, lowest precedence first: defaults, the TOML file (``config``,
+    else ``$STORMGUARD_CONFIG``), ``STORMGUARD_<SECTION>_<KEY>`` variables, ``$STORMGUARD_SERVER_SETTINGS`` (JSON),
+    and ``store`` (``--store``) for the store URL. Server tiers come from the ``[reputation]`` tier table."""
+    cfg = load_config(config)
+    if store:
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, url=store))
+    settings = cfg.server
+    env = os.environ.get(ENV_VAR)
+    if env:
+        data = json.loads(env)
+        if not isinstance(data, dict):
+            raise ConfigError(f"${ENV_VAR}: expected a JSON object")
+        merged = _merge(dataclasses.asdict(settings), data)
+        tiers = merged.pop("tiers")
+        settings = ServerSettings.from_mapping(merged)
+        settings.tiers = server_tiers_from(cfg.reputation, tiers)
+    return cfg, settings
 
 
 def load_settings(config: str | None) -> ServerSettings:
-    """Defaults ← ``[server]`` table of the TOML config (or the whole file) ← ``$STORMGUARD_SERVER_SETTINGS``."""
-    data: dict[str, Any] = {}
-    if config:
-        doc = tomllib.loads(Path(config).read_text())
-        data.update(doc.get("server", doc))
-    env = os.environ.get(ENV_VAR)
-    if env:
-        import json
+    """The server's settings alone (see :func:`load_config_and_settings`)."""
+    return load_config_and_settings(config)[1]
 
-        data.update(json.loads(env))
-    return ServerSettings.from_mapping(data)
+
+def shared_store(url: str) -> bool:
+    return urlsplit(url).scheme in ("redis", "rediss", "unix")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import uvicorn
 
-    if args.workers > 1:
-        # The in-memory hub, limiter and quota are per process: with several workers a publish would reach only
-        # the streams of the worker that received it. Multi-process serving waits for the Redis store.
-        print("stormguard serve: --workers > 1 needs a shared store (Redis, not implemented yet); "
-              "run one worker per process/port behind a balancer meanwhile", file=sys.stderr)
+    try:
+        cfg, settings = load_config_and_settings(args.config, args.store)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"stormguard serve: {exc}", file=sys.stderr)
         return 2
-    settings = load_settings(args.config)
+    if args.workers > 1 and not shared_store(cfg.store.url):
+        # The in-memory reputation, hub, limiter and quota are per process. With --store redis://… reputation,
+        # hub history and fan-out are shared between workers; the limiter and quota stay per worker.
+        print("stormguard serve: --workers > 1 needs a shared store (--store redis://…); "
+              "run one worker per process/port behind a balancer otherwise", file=sys.stderr)
+        return 2
+    if shared_store(cfg.store.url) and settings.history_url == "memory://":
+        # one shared store: the hub's history and fan-out go through its Redis Streams too, so every worker and
+        # every process on that Redis serves the same topics
+        settings = dataclasses.replace(settings, history_url=cfg.store.url)
     if args.shadow:
         settings = dataclasses.replace(settings, shadow=True)
     if args.audit_log:
@@ -51,9 +87,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = os.environ.get("STORMGUARD_PUBLISH_TOKEN")
     if token:
         settings = dataclasses.replace(settings, publish_token=token)
+    # Workers re-import the factory: hand everything over through the environment.
     os.environ[ENV_VAR] = settings.to_json()
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    os.environ["STORMGUARD_STORE_URL"] = cfg.store.url
     uvicorn.run("stormguard.server.app:create_app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, loop="uvloop", http="httptools", access_log=False, lifespan="on",
+                # stormguard's identity layer decides which proxies may set the client address: uvicorn's own
+                # default would trust X-Forwarded-For from 127.0.0.1 and rewrite the address before we see it
+                proxy_headers=False, forwarded_allow_ips="",
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace) + 2), log_level=args.log_level)
     return 0
 
@@ -63,14 +106,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="run the protected SSE hub (Starlette under uvicorn)",
         description="Run the SSE hub (GET /events, POST /publish, /metrics, /healthz) behind the defence layers: "
-                    "identity -> circuit breaker -> reputation gate -> limiter -> quota. Settings come from "
-                    "--config (TOML, [server] table) and $STORMGUARD_SERVER_SETTINGS (JSON); the publish token "
-                    "from $STORMGUARD_PUBLISH_TOKEN.",
+                    "identity -> circuit breaker -> reputation gate -> tenant (JWT) -> limiter -> quota. Settings "
+                    "come from --config (TOML: [server]; tiers from [reputation]), STORMGUARD_SERVER_<KEY> "
+                    "variables and $STORMGUARD_SERVER_SETTINGS (JSON); the publish token from "
+                    "$STORMGUARD_PUBLISH_TOKEN.",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; more need the Redis store, not yet available)")
-    p.add_argument("--config", help="TOML file with a [server] table of settings")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (default 1; more need a shared store: --store redis://...)")
+    p.add_argument("--config", help="TOML config ([server], [reputation], [store], [threshold]...; "
+                                    "default $STORMGUARD_CONFIG)")
+    p.add_argument("--store", metavar="URL", help="reputation store: memory:// (default), redis://host:6379/0, "
+                                                  "rediss://..., unix:///path (overrides [store] url)")
     p.add_argument("--shadow", action="store_true", help="dry run: decide, count and log refusals, but admit")
     p.add_argument("--audit-log", help="JSON-lines audit file ('-' for stderr)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")

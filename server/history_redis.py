@@ -280,6 +280,13 @@ def history_from_url(url: str | None, *, max_events: int = 1000, max_age: float 
     if not url or url.startswith("memory:"):
         return MemoryHistory(max_events=max_events, max_age=max_age)
     if url.startswith(("redis://", "rediss://", "unix://")):
+        # the same URL may name the reputation store: its own parameters (prefix, timeout, ...) are not redis-py's
+        from stormguard.scoring.stores import split_store_url
+
+        url, own = split_store_url(url)
+        if "prefix" in own:
+            prefix = f"{own['prefix']}:hub"
+        timeout = max(timeout, float(own.get("timeout", timeout)))
         return RedisHistory.from_url(url, prefix=prefix, max_events=max_events, max_age=max_age,
                                      block_ms=block_ms, timeout=timeout)
     raise ValueError(f"history URL {url!r}: expected memory://, redis://, rediss:// or unix://")

@@ -9,7 +9,9 @@ expired entries from the front, so the map tracks the clients active in the last
 forgives that client a little). Millions of distinct addresses therefore cost at most ``max_entries`` × ~100 B.
 
 Soft threshold: admitted with fewer than ``soft_remaining`` tokens left → the request is marked *degraded* (the
-hub hands it a longer ``retry:``). Hard threshold: no token → refused (``rate``/``token_rate``).
+hub hands it a longer ``retry:``, the quota layer adds ``X-Stormguard-Warning``, ``on_warn`` may audit it). Hard
+threshold: no token → refused (``rate``/``token_rate``). Per-token buckets key on ``identity.token_key``: the hash
+of the bearer token, or tenant+subject of a verified JWT (:mod:`tenants`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class GcraBuckets:
             return False, 0.0, new - now - self.capacity
         tats[key] = new
         self._trim(now)
-        return True, (self.capacity - (new - now)) / self.interval, 0.0
+        # rounded: (2i - i) / i comes out as 0.9999999999995 and would mark every new client as past the soft limit
+        return True, round((self.capacity - (new - now)) / self.interval, 9), 0.0
 
     def _trim(self, now: float) -> None:
         tats = self._tat
@@ -73,7 +76,8 @@ class LimiterMiddleware:
     def __init__(self, app: Any, *, refuser: Any, ip_buckets: GcraBuckets | None = None,
                  token_buckets: GcraBuckets | None = None, ip_soft_remaining: float = 1.0,
                  token_soft_remaining: float = 0.0, paths: tuple[str, ...] | None = ("/events",),
-                 exempt_paths: tuple[str, ...] = (), on_degrade: Callable[[str], None] | None = None) -> None:
+                 exempt_paths: tuple[str, ...] = (), on_degrade: Callable[[str], None] | None = None,
+                 on_warn: Callable[[Any, str], None] | None = None) -> None:
         self.app = app
         self.refuser = refuser
         self.ip_buckets = ip_buckets
@@ -83,6 +87,7 @@ class LimiterMiddleware:
         self.paths = paths
         self.exempt_paths = exempt_paths
         self.on_degrade = on_degrade or (lambda kind: None)
+        self.on_warn = on_warn        # per-token soft threshold crossed: e.g. an audit record with action "warn"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
@@ -96,6 +101,7 @@ class LimiterMiddleware:
                     return
             elif left < self.ip_soft:
                 ctx.degraded = True
+                ctx.extra["warning"] = "rate"
                 self.on_degrade("ip")
         key = ctx.identity.token_key
         if self.token_buckets is not None and key is not None:
@@ -105,5 +111,8 @@ class LimiterMiddleware:
                     return
             elif left < self.token_soft:
                 ctx.degraded = True
+                ctx.extra["warning"] = "token_rate"
                 self.on_degrade("token")
+                if self.on_warn is not None:
+                    self.on_warn(ctx, "token_rate")
         await self.app(scope, receive, send)

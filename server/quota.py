@@ -80,14 +80,17 @@ class QuotaMiddleware:
             return
         ctx = get_context(scope)
         if not self.quota.acquire(ctx):
-            if await self.refuser.refuse(scope, send, layer="quota", reason="quota"):
+            reason = ctx.extra.pop("quota_reason", "quota")     # a pool may say which quota (tenant_quota)
+            if await self.refuser.refuse(scope, send, layer="quota", reason=reason):
                 return
             self.quota.acquire(ctx, force=True)
-        header = (self.rating_header, ctx.tier.encode())
+        headers = [(self.rating_header, ctx.tier.encode())]
+        if ctx.degraded:       # past a soft threshold: admitted, warned, and handed a longer retry:
+            headers.append((b"x-stormguard-warning", ctx.extra.get("warning", "rate").encode()))
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), *headers]
             await send(message)
 
         try:

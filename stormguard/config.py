@@ -1,19 +1,25 @@
 """stormguard configuration: one TOML file plus ``STORMGUARD_<SECTION>_<KEY>`` environment variables.
 
-Every part of the project owns one section (``[reputation]``, ``[store]``, ``[geoip]``, ``[threshold]``, later
-``[server]``...), declared here as a dataclass whose defaults are the seed values of DESIGN.md, so that running
+Every part of the project owns one section (``[reputation]``, ``[store]``, ``[geoip]``, ``[threshold]``,
+``[server]``), declared here as a dataclass whose defaults are the seed values of DESIGN.md, so that running
 without any file gives the documented behaviour. Precedence, lowest first: dataclass defaults, the TOML file, the
 environment. Loading is generic (driven by type hints) so a new section is one dataclass and one field on
 :class:`Config`, not new parsing code.
 
 Environment values are parsed by the field's type: numbers, booleans (``1/true/yes/on``), strings, lists (a TOML
 array such as ``["10.0.0.0/8"]`` or a comma-separated string) and, for structured fields (rules, tiers), a TOML
-inline value (``STORMGUARD_REPUTATION_RULES='[{name="x", feature="y", op=">=", value=1, delta=-5}]'``).
+inline value (``STORMGUARD_REPUTATION_RULES='[{name="x", feature="y", op=">=", value=1, delta=-5}]'``,
+``STORMGUARD_SERVER_REFUSAL_ACTIONS='{rate="429"}'``). Tables of dict-typed fields (``[server.refusal_actions]``)
+merge onto their defaults, so naming one reason keeps the others.
+
+The server's stream tiers are not configured twice: ``[server]`` derives them from the one ``[reputation]`` tier
+table (streams, idle seconds, session seconds); ``[server.tiers.<name>]`` may only adjust a tier that table names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -158,6 +164,151 @@ class ThresholdConfig:
     override: float | None = None  # a manual block threshold that wins over the computed one
 
 
+@dataclass(frozen=True, slots=True)
+class TierLimits:
+    """What a reputation tier may hold on the server: concurrent streams, idle kick, hard stream lifetime (0 = none)."""
+
+    max_streams: int
+    idle_timeout: float
+    max_lifetime: float = 0.0
+
+
+def tier_limits(tiers: list[TierConfig]) -> dict[str, TierLimits]:
+    """The server's view of the ``[reputation]`` tier table."""
+    return {t.name: TierLimits(t.streams, t.idle_seconds, t.session_seconds) for t in tiers}
+
+
+def default_server_tiers() -> dict[str, TierLimits]:
+    """DESIGN.md: trusted 8 streams / idle 15 min; neutral 3 / 5 min; low 1 stream, idle and closed after 30 s."""
+    return tier_limits(_default_tiers())
+
+
+JWT_REASONS = ("jwt_missing", "jwt_malformed", "jwt_signature", "jwt_expired", "jwt_not_yet_valid", "jwt_audience",
+               "jwt_issuer", "jwt_algorithm", "jwt_claim", "jwt_invalid")
+
+
+def _default_refusal_actions() -> dict[str, str]:
+    return {"rate": "pace", "token_rate": "pace", "quota": "pace", "tenant_quota": "pace", "breaker": "pace",
+            "blocked": "stop", "shutdown": "pace", **dict.fromkeys(JWT_REASONS, "stop")}
+
+
+def _default_retry_base() -> dict[str, int]:
+    return {"stream": 3000, "rate": 5000, "token_rate": 5000, "quota": 10000, "tenant_quota": 10000,
+            "breaker": 15000, "blocked": 300000, "shutdown": 3000}
+
+
+SERVER_SETTINGS_ENV = "STORMGUARD_SERVER_SETTINGS"   # JSON hand-over from ``stormguard serve`` to its workers
+
+
+@dataclass
+class ServerConfig:
+    """``[server]``: every knob of ``stormguard serve`` (``stormguard.server.settings.ServerSettings``).
+
+    Mutable on purpose (tests and embedding apps adjust one field); defaults are DESIGN.md's. Environment:
+    ``STORMGUARD_SERVER_<FIELD>``.
+    """
+
+    # hub
+    publish_token: str | None = None
+    heartbeat_interval: float = 15.0
+    history_max_events: int = 1000
+    history_max_age: float = 300.0
+    history_url: str = "memory://"        # redis://… → history and fan-out on Redis Streams, shared by processes
+    history_prefix: str = "sg:hub"
+    max_topics_per_stream: int = 16
+    send_queue_size: int = 256
+    send_timeout: float = 10.0
+    stream_capacity: int = 10000          # streams at which the load used by the retry chooser reaches 1
+    # identity
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_headers: tuple[str, ...] = ("forwarded", "x-forwarded-for")
+    ja3_header: str = "x-ja3"
+    ja4_header: str = "x-ja4"
+    sni_header: str = "x-tls-sni"
+    # breaker
+    breaker_window: float = 10.0
+    breaker_buckets: int = 10
+    breaker_threshold: float = 0.5
+    breaker_min_requests: int = 20
+    breaker_open_timeout: float = 30.0
+    breaker_probes: int = 3
+    loop_lag_threshold: float = 0.5
+    loop_monitor_interval: float = 0.25
+    # reputation gate and live rules (store and rules: [store], [reputation], [threshold])
+    reputation: bool = True               # gate on the reputation store; tiers from the store's score
+    reputation_paths: tuple[str, ...] = ("/events",)   # where the store gate reads (never per published event)
+    live_rules: bool = True               # connection events feed online features, rules and the threshold
+    live_window: float = 300.0            # online feature window (the batch default, so vectors agree)
+    live_flush_interval: float = 0.05     # seconds between batches of live rule updates
+    live_queue_size: int = 100_000        # connection events waiting for the batcher (beyond: dropped, counted)
+    live_max_keys: int = 100_000          # clients tracked by the online features (LRU beyond)
+    live_refusal_layers: tuple[str, ...] = ("limiter", "tenant")   # refusals counted as connection attempts
+    block_recheck_seconds: float = 1.0    # a block seen locally is re-read from the store at most this often
+    block_cache_size: int = 100_000
+    # tenants (JWT): a key enables them
+    jwt_secret: str | None = None         # HS256 shared secret
+    jwt_public_key: str | None = None     # RS256 public key: PEM text or a file path
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 0.0
+    jwt_required: bool = True             # with a key configured, /events without a token is refused
+    jwt_query_param: str = "access_token"     # EventSource cannot set headers: ?access_token=...
+    jwt_paths: tuple[str, ...] = ("/events",)
+    tenant_claim: str = "tenant"
+    tenant_streams: int = 1000            # concurrent streams per tenant pool (default pool size)
+    tenant_pools: dict[str, int] = field(default_factory=dict)   # per-tenant pool sizes
+    # limiter
+    ip_rate: float = 3.0
+    ip_burst: float = 2.0
+    ip_soft_remaining: float = 1.0        # admitted with fewer tokens left than this → degraded (longer retry:)
+    token_rate: float = 50.0
+    token_burst: float = 100.0
+    token_soft_remaining: float = 20.0
+    limiter_max_entries: int = 1_000_000
+    limited_paths: tuple[str, ...] = ("/events",)
+    # quota (tiers from [reputation]; default everyone is neutral)
+    tiers: dict[str, TierLimits] = field(default_factory=default_server_tiers)
+    default_tier: str = "neutral"
+    # refusals: reason -> pace | stop | 429 | 503
+    refusal_actions: dict[str, str] = field(default_factory=_default_refusal_actions)
+    # retry chooser (milliseconds)
+    retry_base_ms: dict[str, int] = field(default_factory=_default_retry_base)
+    retry_tier_factor: dict[str, float] = field(default_factory=lambda: {"trusted": 0.5, "neutral": 1.0, "low": 3.0})
+    retry_load_gain: float = 3.0
+    retry_degrade_factor: float = 2.0
+    retry_jitter: float = 0.25
+    retry_shutdown_jitter: float = 0.9
+    retry_min_ms: int = 500
+    retry_max_ms: int = 600000
+    # operations
+    shadow: bool = False
+    audit_path: str | None = None
+    audit_queue_size: int = 10000
+    exempt_paths: tuple[str, ...] = ("/healthz", "/metrics")
+    shutdown_grace: float = 3.0
+    enable_test_routes: bool = False
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ServerConfig:
+        """Build from plain data (TOML table, JSON): unknown keys are an error, so typos do not pass silently;
+        tables merge onto the defaults (``[server.tiers.low]`` alone keeps the other tiers)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown server settings: {', '.join(sorted(unknown))}")
+        return _build(cls, data, "server")
+
+    def to_json(self) -> str:
+        """Serialise for worker processes (uvicorn --workers re-imports the app factory in each process)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServerConfig:
+        """Settings handed over by ``stormguard serve`` through ``$STORMGUARD_SERVER_SETTINGS``; defaults when unset."""
+        raw = os.environ.get(SERVER_SETTINGS_ENV)
+        return cls.from_mapping(json.loads(raw)) if raw else cls()
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration: one attribute per section."""
@@ -166,6 +317,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,6 +336,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
             return None
         return _coerce(value, args[0], where)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp) or (str, Any)
+        if isinstance(value, str):
+            value = _parse_table_string(value, where)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        if isinstance(value, str):
+            value = _parse_list_string(value, where)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
@@ -231,13 +398,32 @@ def _parse_list_string(text: str, where: str) -> list[Any]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _parse_table_string(text: str, where: str) -> dict[str, Any]:
+    """A TOML inline table (``{rate="429"}``) or a JSON object (``{"rate": "429"}``)."""
+    text = text.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise ConfigError(f"{where}: not a TOML inline table: {exc}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}") from None
+        return value
+
+
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    for k, v in kwargs.items():           # dict-typed fields: a table merges onto the default table
+        f = fields[k]
+        if isinstance(v, dict) and typing.get_origin(hints[k]) is dict and f.default_factory is not dataclasses.MISSING:
+            kwargs[k] = {**f.default_factory(), **v}
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -284,7 +470,35 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     merged: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in hints}
     for section, values in _env_overrides(env).items():
         merged[section].update(values)
-    return Config(**{name: _build(hints[name], merged[name], name) for name in hints})
+    server_tiers = merged["server"].pop("tiers", None)
+    sections = {name: _build(hints[name], merged[name], name) for name in hints}
+    sections["server"].tiers = server_tiers_from(sections["reputation"], server_tiers)
+    return Config(**sections)
+
+
+def server_tiers_from(rep: ReputationConfig, overrides: Any = None) -> dict[str, TierLimits]:
+    """The ``[reputation]`` tier table as server limits, with ``[server.tiers.<name>]`` adjustments merged in.
+
+    An adjustment may only name a tier of that table: the tier names (and the scores that lead to them) have one
+    source of truth.
+    """
+    tiers = tier_limits(rep.tiers)
+    if not overrides:
+        return tiers
+    if isinstance(overrides, str):
+        overrides = _parse_table_string(overrides, "server.tiers")
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"server.tiers: expected a table, got {overrides!r}")
+    for name, value in overrides.items():
+        if name not in tiers:
+            raise ConfigError(f"server.tiers.{name}: no such tier in [reputation] tiers ({', '.join(tiers)})")
+        if isinstance(value, TierLimits):
+            tiers[name] = value
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"server.tiers.{name}: expected a table, got {value!r}")
+        tiers[name] = _build(TierLimits, {**dataclasses.asdict(tiers[name]), **value}, f"server.tiers.{name}")
+    return tiers
 
 
 def section_from_mapping(cls: type, data: Mapping[str, Any]) -> Any:

@@ -63,6 +63,8 @@ def test_forwarded_for_only_from_trusted_proxies() -> None:
         trusted = whoami("127.0.0.2", {"X-Forwarded-For": "6.6.6.6, 203.0.113.7", **fp})
         assert trusted["ip"] == "203.0.113.7" and trusted["via_proxy"] and trusted["peer_ip"] == "127.0.0.2"
         assert trusted["ja4"] == fp["X-JA4"] and trusted["sni"] == "api.example.com" and trusted["state"]
+        loopback = whoami("127.0.0.1", {"X-Forwarded-For": "203.0.113.7"})  # uvicorn would trust it by default
+        assert loopback["ip"] == "127.0.0.1" and loopback["peer_ip"] == "127.0.0.1" and not loopback["via_proxy"]
         untrusted = whoami("127.0.0.3", {"X-Forwarded-For": "203.0.113.7", **fp})
         assert untrusted["ip"] == "127.0.0.3" and not untrusted["via_proxy"]
         assert untrusted["ja4"] is None and untrusted["sni"] is None

@@ -259,3 +259,13 @@ def test_breaker_does_not_count_inner_503_refusals_as_failures() -> None:
     for _ in range(6):
         _call(BreakerMiddleware(failing, breaker=br, refuser=refuser))
     assert br.state == "open"
+
+
+def test_fresh_bucket_reports_whole_tokens_left() -> None:
+    """A new client's first connection leaves exactly burst - 1 tokens (not 0.999…, which read as 'degraded')."""
+    from stormguard.server.limiter import GcraBuckets
+
+    buckets = GcraBuckets(rate=3.0, burst=2, clock=lambda: 1000.0)
+    for i in range(1000):
+        ok, left, _ = buckets.take(f"10.0.{i // 256}.{i % 256}")
+        assert ok and left == 1.0
