@@ -195,27 +195,59 @@ def bench_redis(rep: Report, url: str, runs: int, ops: int, tasks: int, load_key
                 [raw.run(_rate(lambda i: plain.get(f"plain:{keys[i % len(keys)]}"), n, conc))
                  for _ in range(runs)])
 
-    # pipelined batch load of model scores
+    bench_load(rep, raw, plain, runs, load_keys)
+    raw.clear()
+    wrapped.close()
+    raw.run(plain.aclose())
+    raw.close()
+
+
+def bench_load(rep: Report, raw: Any, plain: Any, runs: int, load_keys: int) -> None:
+    """Pipelined batch load of ``load_keys`` model scores: client keys/s and Redis's own CPU per key."""
     big = _keys(load_keys, offset=1 << 24)
     samples, server_us = [], []
     for _ in range(max(1, min(runs, 3))):
         raw.clear()
         gc.collect()
         raw.run(plain.config_resetstat())
+        cpu0 = raw.run(plain.info("cpu"))
+        c0 = time.process_time()
         t = time.perf_counter()
         n = raw.load_scores(((k, -((i % 200) - 100)) for i, k in enumerate(big)), now=time.time())
         samples.append(n / (time.perf_counter() - t))
-        stats = raw.run(plain.info("commandstats")).get("cmdstat_evalsha", {})
-        server_us.append(stats.get("usec", 0) / max(n, 1))
+        client_us = (time.process_time() - c0) * 1e6 / max(n, 1)
+        cpu1 = raw.run(plain.info("cpu"))
+        stats = raw.run(plain.info("commandstats"))
+        # commands run inside a script are counted twice (on their own and in EVALSHA): EVALSHA alone when used
+        if "cmdstat_evalsha" in stats:
+            usec = stats["cmdstat_evalsha"]["usec"]
+        else:
+            usec = sum(v["usec"] for k, v in stats.items() if "info" not in k and "config" not in k)
+        server_us.append(usec / max(n, 1))
+        proc_us = sum(float(cpu1[f]) - float(cpu0[f]) for f in ("used_cpu_sys", "used_cpu_user")) * 1e6 / max(n, 1)
+        cmds = ", ".join(f"{k[8:]} {v['calls']:,}x{v['usec_per_call']:.2f}us" for k, v in sorted(stats.items()))
+        print(f"  run: {samples[-1]:,.0f} keys/s, client CPU {client_us:.2f} us/key, Redis commands {server_us[-1]:.2f} us/key, redis-server process "
+              f"CPU {proc_us:.2f} us/key (incl. network I/O and parsing) [{cmds}]", flush=True)
     count = raw.count()
-    rep.add(f"redis batch load, {load_keys:,} scores (pipelined Lua)", samples, target=100_000)
-    print(f"  keys in Redis after the load: {count:,}; Redis CPU inside the load script: "
-          f"{statistics.median(server_us):.1f} us/key (median), i.e. the server-side ceiling is "
+    rep.add(f"redis batch load, {load_keys:,} scores (pipelined)", samples, target=100_000)
+    print(f"  keys in Redis after the load: {count:,}; Redis command CPU for the load: "
+          f"{statistics.median(server_us):.2f} us/key (median), i.e. the server-side ceiling is "
           f"{1e6 / max(statistics.median(server_us), 1e-9):,.0f} keys/s on this machine now")
     raw.clear()
-    wrapped.close()
-    raw.run(plain.aclose())
-    raw.close()
+
+
+def bench_load_only(rep: Report, url: str, runs: int, load_keys: int) -> None:
+    import redis.asyncio as aioredis
+    from stormguard.scoring.stores import open_store
+    from stormguard.scoring.stores.sync import SyncStore
+
+    raw = SyncStore(open_store(f"{url}?prefix=bench&failover=0"))
+    plain = aioredis.Redis.from_url(url)
+    try:
+        bench_load(rep, raw, plain, runs, load_keys)
+    finally:
+        raw.run(plain.aclose())
+        raw.close()
 
 
 # --- memory footprint (child process, so earlier allocations do not blur it) -------------------------------------
@@ -280,6 +312,7 @@ def main() -> int:
     ap.add_argument("--redis", metavar="URL", help="use this Redis instead of starting one (keys under {bench})")
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--skip-footprint", action="store_true")
+    ap.add_argument("--load-only", action="store_true", help="only the Redis batch-load row (at --keys)")
     ap.add_argument("--quick", action="store_true", help="runs=3, 1/10 of the sizes")
     ap.add_argument("--footprint-child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -291,14 +324,20 @@ def main() -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, runs={a.runs}, "
           f"load average {os.getloadavg()[0]:.1f} (other processes share the CPUs: compare medians)", flush=True)
     rep = Report()
-    bench_memory(rep, a.runs, a.ops)
+    if a.load_only:
+        a.skip_footprint = True
+    else:
+        bench_memory(rep, a.runs, a.ops)
     if not a.skip_redis:
         proc = None
         url = a.redis
         if url is None:
             proc, url = start_redis()
         try:
-            bench_redis(rep, url, a.runs, a.redis_ops, a.tasks, a.keys)
+            if a.load_only:
+                bench_load_only(rep, url, a.runs, a.keys)
+            else:
+                bench_redis(rep, url, a.runs, a.redis_ops, a.tasks, a.keys)
         finally:
             if proc is not None:
                 proc.terminate()

@@ -187,3 +187,42 @@ def test_concurrent_tasks_through_failover(redis_server: RedisServer) -> None:
         assert s.get("c", now=50.0).score == 50.0
         assert not s.store.degraded
         s.clear()
+
+
+def test_load_equals_set_for_repeats_and_expired_hashes(redis_server: RedisServer) -> None:
+    """A bulk load equals one ``set`` per row, also for a member repeated within one script call and across calls,
+    and for a member whose hash expired while it is still ranked (guards any load-script shortcut)."""
+    from stormguard.scoring.stores import MemoryStore
+
+    r = redis.Redis.from_url(redis_server.url)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as s:
+        ref = SyncStore(MemoryStore(s.store.options, max_keys=1000))
+        for st in (s, ref):
+            st.add("gone", -60, "storm", now=100.0, block_score=-50, block_seconds=300)
+        r.delete(s.store.keys_for("gone")[0])  # its TTL ran out; the member is still in :z and :x
+        ref.delete("gone")
+        rows = [("dup", -10.0), ("a", 5.0), ("dup", 30.0), ("gone", 7.0), ("dup", -99.5)]
+        for chunk in (1000, 2):  # repeats of a new member within one script call, then across calls
+            s.load_scores(rows, now=200.0, chunk=chunk)
+            ref.load_scores(rows, now=200.0)
+            for k in ("dup", "a", "gone"):
+                assert s.get(k, now=300.0) == ref.get(k, now=300.0), (chunk, k)
+        assert s.get("dup", now=200.0).reasons == ("model",) * 4 and s.get("dup", now=200.0).score == -99.5
+        assert [x.key for x in s.top(3, now=300.0)] == [x.key for x in ref.top(3, now=300.0)]
+        s.clear()
+
+
+def test_top_prunes_only_members_still_without_hash(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as s:
+        store: RedisStore = s.store
+        s.add("live", -5, now=100.0)
+        _, z, x = store.keys_for("live")
+        r.zadd(z, {"stale": -1e9})
+        r.zadd(x, {"stale": 0})
+        assert [e.key for e in s.top(5, now=100.0)] == ["live"]
+        assert r.zscore(z, "stale") is None and r.zscore(x, "stale") is None
+        # a prune racing with a write: the member got its hash back, so it must stay ranked
+        assert s.run(store._evalsha("prune", [z, x], [store.tag("live") + ":k:", "live"])) == 0
+        assert r.zscore(z, "live") is not None
+        s.clear()

@@ -157,3 +157,18 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return n
 """
+
+# KEYS: zset, expiry zset.  ARGV: hash key prefix, members.  Drop ranked members whose hash is gone (``top`` found
+# them stale), re-checked here so that an entry written since the caller looked is never unranked (every live hash
+# keeps its member in the rank set).
+PRUNE = r"""
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""

@@ -39,7 +39,7 @@ class RedisStore(ReputationStore):
         self.cluster = type(client).__name__ == "RedisCluster"
         self.prefix = prefix
         self.shards = max(1, int(shards))
-        self._src = {"update": lua.UPDATE, "load": lua.LOAD, "delete": lua.DELETE}
+        self._src = {"update": lua.UPDATE, "load": lua.LOAD, "delete": lua.DELETE, "prune": lua.PRUNE}
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._src.items()}
         self.script_reloads = 0
 
@@ -138,8 +138,8 @@ class RedisStore(ReputationStore):
                     pipe.hmget(f"{tag}:k:{m}", "s", "t", "b", "u", "r")
                 rows = await pipe.execute()
             stale = [m for m, raw in zip(members, rows, strict=True) if raw[0] is None]
-            if stale:
-                await self.client.zrem(z, *stale)
+            if stale:  # atomically, only those still without a hash (one may have been written meanwhile)
+                await self._evalsha("prune", [z, f"{tag}:x"], [f"{tag}:k:", *stale])
             found += [self._parse(m, raw).at(now, self.options.lam)
                       for m, raw in zip(members, rows, strict=True) if raw[0] is not None]
         found.sort(key=lambda r: r.score, reverse=not worst)
