@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stormguard.scoring.evidence import EvidenceBuilder
-from stormguard.scoring.reputation import Reputation
+from stormguard.scoring.reputation import BLOCK_TOLERANCE, Reputation
 from stormguard.scoring.rules import Rule, Verdict, evaluate, rules_from_config
 from stormguard.scoring.stores.base import ReputationStore
 from stormguard.scoring.tiers import BLOCKED, Tier, TierTable
@@ -89,11 +89,18 @@ class ReputationEngine:
         return verdict, rep
 
     def classify(self, rep: Reputation, now: float, block_score: float, allowed_by: str | None = None) -> Decision:
-        """Blocked while a block runs or the score is at/below the block threshold, else the score's tier."""
+        """Blocked while a block runs, or while the score is at/below the block threshold and no block for it
+        has been served yet; else the score's tier.
+
+        DESIGN.md: a score ≤ −50 refuses new connections *for 5 minutes*. Decay is slow (hours), so once a block
+        has run out (or an operator lifted it) a low score alone does not refuse again: the client comes back in
+        the low tier, and its next bad event (``last_bad`` after the block) blocks it anew.
+        """
         if allowed_by is None:
             if rep.blocked(now):
                 return Decision(BLOCKED, rep, math.ceil(rep.block_until - now))
-            if rep.score <= block_score:
+            served = 0 < rep.block_until <= now and rep.last_bad <= rep.block_until
+            if rep.score <= block_score + BLOCK_TOLERANCE and not served:
                 return Decision(BLOCKED, rep, self.block_seconds)
         return Decision(self.tiers.for_score(rep.score), rep, 0.0, allowed_by)
 

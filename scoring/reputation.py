@@ -73,12 +73,19 @@ class Reputation:
                 "last_bad": self.last_bad, "block_until": self.block_until, "reasons": list(self.reasons)}
 
 
+#: Scores meet the block threshold within this margin: −20 then −30 a few seconds apart must block at −50 although
+#: decay has moved the sum to −49.9998 (at the default rate, 0.01 is about 20 s of decay at −50).
+BLOCK_TOLERANCE = 0.01
+
+
 def apply_op(state: Reputation, op: str, value: float, reason: str, now: float, lam: float,
              block_score: float | None, block_seconds: float, max_reasons: int) -> Reputation:
     """The one read-modify-write every store performs (Python twin of the Lua ``update`` script).
 
     ``op``: ``add`` (value = delta), ``set`` (value = score), ``block`` (value = until), ``unblock``. An ``add`` that
     takes the score to ``block_score`` or below blocks for ``block_seconds`` (extending, never shortening, a block).
+    ``unblock`` ends the block now (``block_until = now``), which also marks a low score as already served (see
+    ``ReputationEngine.classify``).
     """
     t = max(state.updated, float(now))
     s = decayed(state.score, state.updated, t, lam)
@@ -87,14 +94,14 @@ def apply_op(state: Reputation, op: str, value: float, reason: str, now: float, 
         s = clamp(s + value)
         if value < 0:
             last_bad = t
-        if block_score is not None and block_seconds > 0 and s <= block_score:
+        if value < 0 and block_score is not None and block_seconds > 0 and s <= block_score + BLOCK_TOLERANCE:
             until = max(until, t + block_seconds)
     elif op == "set":
         s = clamp(value)
     elif op == "block":
         until = value
     elif op == "unblock":
-        until = 0.0
+        until = min(until, t) if until > 0 else t  # "served up to now": the score alone does not re-block it
     else:
         raise ValueError(f"unknown reputation op {op!r}")
     reasons = state.reasons

@@ -36,7 +36,7 @@ from stormguard.features.online import OnlineClientFeatures
 
 log = logging.getLogger("stormguard.live")
 
-#: Evidence names the rules use for online feature columns (the rules' ``short_lived`` is ``short_lived_2s``).
+#: Older rule files named the short-lived count ``short_lived``; the feature is ``short_lived_2s`` (features.vector).
 EVIDENCE_ALIASES = {"short_lived": "short_lived_2s"}
 
 

@@ -74,7 +74,7 @@ class CrawlerConfig:
 def _default_rules() -> list[RuleConfig]:
     return [
         RuleConfig("reconnect_storm", "reconnects_10s", ">=", 5, -20.0),
-        RuleConfig("short_disconnects", "short_lived", ">=", 3, -30.0),
+        RuleConfig("short_disconnects", "short_lived_2s", ">=", 3, -30.0),
         RuleConfig("bad_ja3", "ja3_bad", "==", True, -40.0),
         RuleConfig("ua_tls_mismatch", "ua_tls_mismatch", "==", True, -15.0),
     ]

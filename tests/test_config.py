@@ -17,7 +17,7 @@ def test_defaults_are_the_design_seed_values() -> None:
     assert rep.block_score == -50 and rep.block_seconds == 300
     rules = {r.name: (r.feature, r.op, r.value, r.delta) for r in rep.rules}
     assert rules["reconnect_storm"] == ("reconnects_10s", ">=", 5, -20)
-    assert rules["short_disconnects"] == ("short_lived", ">=", 3, -30)
+    assert rules["short_disconnects"] == ("short_lived_2s", ">=", 3, -30)
     tiers = {t.name: t for t in rep.tiers}
     assert tiers["trusted"].min_score == 60 and tiers["trusted"].streams == 8 and tiers["trusted"].idle_seconds == 900
     assert tiers["neutral"].streams == 3 and tiers["neutral"].idle_seconds == 300

@@ -19,8 +19,8 @@ CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, 
 
 def test_default_rules_match_design() -> None:
     rules = rules_from_config(ReputationConfig())
-    assert evaluate(rules, {"reconnects_10s": 4, "short_lived": 2}).delta == 0
-    v = evaluate(rules, {"reconnects_10s": 5, "short_lived": 3})
+    assert evaluate(rules, {"reconnects_10s": 4, "short_lived_2s": 2}).delta == 0
+    v = evaluate(rules, {"reconnects_10s": 5, "short_lived_2s": 3})
     assert v.delta == -50 and v.reasons == ("reconnect_storm", "short_disconnects")
     assert v.reason == "reconnect_storm+short_disconnects"
 
@@ -29,7 +29,7 @@ def test_default_rules_match_design() -> None:
 def test_deductions_follow_the_thresholds(reconnects: int, short: int) -> None:
     rules = rules_from_config(ReputationConfig())
     expected = (-20 if reconnects >= 5 else 0) + (-30 if short >= 3 else 0)
-    assert evaluate(rules, {"reconnects_10s": reconnects, "short_lived": short}).delta == expected
+    assert evaluate(rules, {"reconnects_10s": reconnects, "short_lived_2s": short}).delta == expected
 
 
 def test_missing_or_incomparable_evidence_never_matches() -> None:

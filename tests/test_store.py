@@ -171,7 +171,7 @@ def test_rules_and_tiers_equal_in_all_stores(all_stores: list[SyncStore],
     expected = 0.0
     for reconnects, short, dt in observations:
         now += dt
-        feats = {"reconnects_10s": reconnects, "short_lived": short}
+        feats = {"reconnects_10s": reconnects, "short_lived_2s": short}
         results = [s.run(e.observe(k, feats, ip="203.0.113.9", now=now)) for s, e in zip(all_stores, engines,
                                                                                        strict=True)]
         delta = (-20 if reconnects >= 5 else 0) + (-30 if short >= 3 else 0)

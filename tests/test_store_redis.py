@@ -130,7 +130,7 @@ def test_outage_and_recovery(own_redis_server: RedisServer, caplog: pytest.LogCa
         engine = ReputationEngine(store, Config())  # what the server's gate calls: answers, no exception
         decision = s.run(engine.decide("bad"))
         assert decision.blocked and not decision.allow
-        verdict, rep = s.run(engine.observe("198.51.100.77", {"short_lived": 5}))
+        verdict, rep = s.run(engine.observe("198.51.100.77", {"short_lived_2s": 5}))
         assert verdict.delta == -30 and rep is not None and rep.score == pytest.approx(-30)
         assert store.errors >= 1 and store.fallback_calls >= 100
         assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1

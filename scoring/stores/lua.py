@@ -64,7 +64,7 @@ local function apply(h, z, x, member, now, op, val, reason, lam, bscore, bsec, m
     s = s + val
     if s > 100 then s = 100 elseif s < -100 then s = -100 end
     if val < 0 then lastbad = t end
-    if bscore ~= '' and bsec > 0 and s <= tonumber(bscore) then
+    if val < 0 and bscore ~= '' and bsec > 0 and s <= tonumber(bscore) + 0.01 then  -- BLOCK_TOLERANCE
       if t + bsec > u then u = t + bsec end
     end
   elseif op == 'set' then
@@ -73,7 +73,7 @@ local function apply(h, z, x, member, now, op, val, reason, lam, bscore, bsec, m
   elseif op == 'block' then
     u = val
   elseif op == 'unblock' then
-    u = 0
+    if u <= 0 or u > t then u = t end
   else
     return nil
   end
