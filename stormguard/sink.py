@@ -39,11 +39,14 @@ def _decode(blob: bytes) -> list[Mapping[str, Any]]:
 
 
 def _writer_main(conn: Connection, path: str) -> None:
-    from stormguard.schema import RecordWriter
+    from stormguard.schema import RecordWriter, records_table
 
     writer = RecordWriter(path)
     try:
         with writer:
+            # Warm up now, while the parent parses: the first Arrow array imports pandas (~0.5 s); done lazily it
+            # would land after the last batch of a capture (few rows, all at the end) and serialise the run.
+            records_table([])
             while True:
                 blob = conn.recv_bytes()
                 kind = blob[:1]
