@@ -1,4 +1,4 @@
-"""``stormguard ua train`` and ``stormguard ua score``: the User-Agent model on its own, for lists of UAs.
+"""``stormguard train|evaluate|score`` (the behaviour scorer) and ``stormguard ua train|score`` (the UA model).
 
 The main command line wires this in with ``register(subparsers)``; heavy imports (pandas, scikit-learn, skops)
 happen inside the command functions so ``stormguard --help`` stays instant.
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_ua_score", "cmd_ua_train", "register"]
+__all__ = ["cmd_evaluate", "cmd_score", "cmd_train", "cmd_ua_score", "cmd_ua_train", "register"]
 
 KEY_ENV = "STORMGUARD_BUNDLE_KEY"
 SCORE_CHUNK = 100_000
@@ -150,7 +150,8 @@ def cmd_ua_score(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``ua`` (with ``train`` and ``score``) to the main parser's subparsers."""
+    """Add ``train``, ``evaluate``, ``score`` and ``ua`` (with ``train`` and ``score``) to the main parser."""
+    register_behaviour(subparsers)
     ua = subparsers.add_parser(
         "ua", help="User-Agent model: train on labelled UAs, score lists of UAs",
         description="The User-Agent model on its own: character n-gram vectors, clusters (id, cosine distance to "
@@ -201,3 +202,283 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.csv", help="output: .csv or .parquet")
     p.add_argument("--column", default="user_agent", help="column holding the UAs (default user_agent)")
     p.set_defaults(func=cmd_ua_score)
+
+
+# -- the behaviour scorer: train / evaluate / score ---------------------------------------------------------------
+def _say(message: str, started: float = 0.0) -> None:
+    """Progress lines on stderr, with the elapsed time (stdout keeps the summary)."""
+    stamp = f"[{time.perf_counter() - started:6.1f} s] " if started else ""
+    print(f"{stamp}{message}", file=sys.stderr, flush=True)
+
+
+def _window(value: float | None) -> float | None:
+    return None if value in (None, 0) else float(value)
+
+
+def _table_opts(args: argparse.Namespace) -> dict[str, Any]:
+    fields = {}
+    for item in getattr(args, "log_field", None) or []:
+        col, sep, name = item.partition("=")
+        if not sep:
+            raise ValueError(f"--log-field {item!r}: expected COLUMN=NAME")
+        fields[col.strip()] = name.strip()
+    return {"log_format": args.log_format, "log_fields": fields or None, "source_kind": args.source_kind}
+
+
+def _load_data(args: argparse.Namespace, started: float, key: str, window: float | None) -> Any:
+    from stormguard.models.train import load_feature_table
+
+    return load_feature_table(args.data, key=key, window=window, progress=lambda m: _say(m, started),
+                              show_progress=None if not getattr(args, "no_progress", False) else False,
+                              **_table_opts(args))
+
+
+def _print_frame(frame: Any, rows: int = 20) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(frame.head(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _tier_counts(scores: Any) -> str:
+    counts = scores["tier"].value_counts()
+    counts = counts[counts > 0]
+    order = ["trusted", "neutral", "low", "blocked"]
+    names = [n for n in order if n in counts.index] + [n for n in counts.index if n not in order]
+    return ", ".join(f"{n} {int(counts[n]):,} ({counts[n] / len(scores):.1%})" for n in names)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Inputs → feature table → ReputationModel → bundle; progress on stderr, summary on stdout."""
+    from stormguard.models.behaviour import evidence_floor_share
+    from stormguard.models.train import read_labels, save_model, train_model
+
+    from stormguard.config import load_config
+
+    started = time.perf_counter()
+    config = load_config(args.config)
+    window = _window(args.window)
+    features = _load_data(args, started, args.key, window)
+    labels = read_labels(args.labels) if args.labels else None
+    if labels is not None:
+        hit = features["key"].astype("object").isin(labels.keys())
+        _say(f"labels: {len(labels):,} keys, {int(hit.sum()):,} of {len(features):,} clients labelled", started)
+    ua_model = None
+    if args.ua_model:
+        from stormguard.models.bundle import load_bundle
+        from stormguard.models.ua import FEATURE_SCHEMA_VERSION as UA_SCHEMA
+
+        ua_model = load_bundle(args.ua_model, expected_schema=UA_SCHEMA, kind="ua", key=_key()).estimators["ua"]
+        _say(f"UA model: {args.ua_model}", started)
+    bad = list(args.bad_ja3 or []) or ([config.reputation.bad_ja3_path] if config.reputation.bad_ja3_path else [])
+    known = list(args.known_ja3 or []) or (
+        [config.reputation.library_ja3_path] if config.reputation.library_ja3_path else [])
+    model = train_model(features, labels, ua_model=ua_model, config=config, n_clusters=args.clusters,
+                        n_estimators=args.trees, prior_bad=args.prior_bad, bad_ja3_paths=bad, known_ja3_paths=known,
+                        min_kind_clients=args.min_kind_clients, random_state=args.seed,
+                        progress=lambda m: _say(m, started))
+    _say("scoring the training clients", started)
+    scores = model.score_frame(features)
+    metrics: dict[str, Any] = {
+        "n_clients": len(features), "key": args.key, "window": window, "kinds": model.kind_counts_,
+        "tiers": scores["tier"].value_counts().to_dict(), "prior_bad": args.prior_bad,
+        "anomaly_p_low": evidence_floor_share(args.prior_bad), "ua_model": bool(ua_model is not None),
+        "ja3_lists": {"bad": len(bad), "known": len(known)},
+    }
+    if labels is not None:
+        from stormguard.models.evaluate import evaluate_scores
+        from stormguard.models.train import label_vector
+
+        ev = evaluate_scores(scores, label_vector(features, labels), [model.mapping_.low_score], model.mapping_.block_score)
+        metrics["training_roc_auc"] = ev["roc_auc"]
+        metrics["n_labelled"] = ev["n"]
+    out = save_model(args.output, model, features, metrics, key=_key())
+    print(f"clients: {len(features):,} ({', '.join(f'{k} {v:,}' for k, v in model.kind_counts_.items())}); "
+          f"models: {', '.join(sorted(model.models_))} (fallback {model.fallback_})")
+    for kind, m in sorted(model.models_.items()):
+        print(f"\n[{kind}] profiles{' + classifier' if m.classifier_ is not None else ''}:")
+        summary = m.cluster_summary()
+        if "ua_bot_probability" in summary.columns and ua_model is None:
+            summary = summary.drop(columns=["ua_bot_probability"])
+        _print_frame(summary)
+    print(f"\ntraining clients by tier: {_tier_counts(scores)}")
+    print(f"anomaly alone reaches the low tier below p = {metrics['anomaly_p_low']:.4f} (prior_bad {args.prior_bad})")
+    if "training_roc_auc" in metrics:
+        print(f"labelled clients: {metrics['n_labelled']:,}, training ROC-AUC {metrics['training_roc_auc']:.4f}")
+    print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _load_scorer(args: argparse.Namespace, started: float) -> tuple[Any, Any]:
+    from stormguard.models.train import load_model
+
+    model, bundle = load_model(args.model, key=_key())
+    _say(f"model {args.model} (trained {bundle.created}, {bundle.metrics.get('n_clients', '?')} clients)", started)
+    return model, bundle
+
+
+def _data_key_window(args: argparse.Namespace, bundle: Any) -> tuple[str, float | None]:
+    key = args.key or bundle.metrics.get("key") or "src_ip"
+    window = _window(args.window) if args.window is not None else _window(bundle.metrics.get("window"))
+    return key, window
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score every client of DATA; write a CSV/Parquet and/or load the scores into a reputation store."""
+    started = time.perf_counter()
+    if not args.output and not args.store:
+        raise ValueError("nothing to do: give -o SCORES (.csv/.parquet) and/or --store URL")
+    model, bundle = _load_scorer(args, started)
+    key, window = _data_key_window(args, bundle)
+    features = _load_data(args, started, key, window)
+    t0 = time.perf_counter()
+    scores = model.score_frame(features)
+    dt = time.perf_counter() - t0
+    _say(f"scored {len(scores):,} clients in {dt:.2f} s", started)
+    if args.output:
+        _write_table(scores, Path(args.output))
+        print(f"scores: {len(scores):,} -> {args.output}")
+    if args.store:
+        from stormguard.scoring.batch import fill_store
+        from stormguard.scoring.stores import open_store
+        from stormguard.scoring.stores.sync import SyncStore
+
+        from stormguard.config import load_config
+
+        config = load_config(args.config)
+        with SyncStore(open_store(args.store, config, failover=False)) as store:
+            n = fill_store(scores, store)
+        print(f"store: {n:,} keys loaded into {args.store.split('?')[0]}")
+    print(f"tiers: {_tier_counts(scores)}")
+    worst = scores.sort_values("score").head(args.show)
+    if len(worst):
+        _print_frame(worst[[c for c in ("key", "score", "tier", "profile", "p_value", "reasons") if c in worst]],
+                     args.show)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score DATA and compare with labels: ROC-AUC, precision/recall at thresholds, tiers × labels, clusters."""
+    import json
+    import math
+
+    from stormguard.models.evaluate import evaluate_scores, write_svg_plot
+    from stormguard.models.train import label_vector, read_labels
+
+    started = time.perf_counter()
+    model, bundle = _load_scorer(args, started)
+    key, window = _data_key_window(args, bundle)
+    features = _load_data(args, started, key, window)
+    labels = read_labels(args.labels)
+    scores = model.score_frame(features)
+    y = label_vector(features, labels)
+    mp = model.mapping_
+    thresholds = args.threshold or [mp.low_score, mp.block_score, 0.0]
+    ev = evaluate_scores(scores, y, thresholds, mp.block_score)
+
+    def fmt(v: Any) -> str:
+        return "n/a (one class)" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
+
+    print(f"clients: {len(scores):,}; labelled {ev['n']:,} ({ev['n_bad']:,} abusive, {ev['n_good']:,} normal), "
+          f"unlabelled {ev['n_unlabelled']:,}")
+    print(f"ROC-AUC (score): {fmt(ev['roc_auc'])}; ROC-AUC (anomaly alone): {fmt(ev['roc_auc_anomaly'])}")
+    print("thresholds (flagged = score < t; <= t at the block score):")
+    for row in ev["thresholds"]:
+        print(f"  t={row['threshold']:>7.1f}  flagged {row['flagged']:>6,}  precision {fmt(row['precision'])}  "
+              f"recall {fmt(row['recall'])}  FPR {fmt(row['fpr'])}")
+    print(f"normal clients in low or blocked tiers: {fmt(ev['low_or_blocked_share_of_normal'])}")
+    print("\ntiers x labels:")
+    print(ev["confusion"].to_string())
+    print("\nper cluster:")
+    _print_frame(ev["clusters"], 50)
+    if args.plot:
+        out = write_svg_plot(args.plot, scores, y, [mp.block_score, mp.low_score, mp.trusted_score])
+        print(f"plot: {out}")
+    if args.json:
+        doc = {k: v for k, v in ev.items() if k not in ("confusion", "clusters")}
+        doc["confusion"] = ev["confusion"].to_dict()
+        Path(args.json).write_text(json.dumps(doc, indent=2, default=float), encoding="utf-8")
+    return 0
+
+
+def _data_args(p: argparse.ArgumentParser, defaults_from_bundle: bool) -> None:
+    src = "the model's training value" if defaults_from_bundle else None
+    p.add_argument("--key", default=None if defaults_from_bundle else "src_ip",
+                   help="client key for records/raw inputs: src_ip, ip_ua, ip_ja3, ip_ja4 or a record column such as "
+                        f"session (default: {src or 'src_ip'})")
+    p.add_argument("--window", type=float, default=None if defaults_from_bundle else 0.0,
+                   help="window seconds for records/raw inputs (0 = whole input as one window; default: "
+                        f"{src or '0'})")
+    p.add_argument("--log-format", default="auto", help="access-log format for raw logs: auto, combined, common, "
+                                                        "jsonl, iliou")
+    p.add_argument("--log-field", action="append", metavar="COLUMN=NAME", help="JSON-lines field mapping (repeatable)")
+    p.add_argument("--source-kind", default="other",
+                   help="source kind of feature files without a source_kind column (log, capture, har, live)")
+    p.add_argument("--no-progress", action="store_true", help="never show a replay progress bar")
+    p.add_argument("--config", metavar="TOML", help="configuration file (default: $STORMGUARD_CONFIG)")
+
+
+def register_behaviour(subparsers: Any) -> None:
+    """``train``, ``evaluate`` and ``score``: the behaviour scorer."""
+    inputs_help = ("feature files (stormguard features), record files (stormguard replay; .parquet/.csv), or raw "
+                   "captures, logs and folders (replayed first)")
+    p = subparsers.add_parser(
+        "train", help="fit the behaviour scorer (profiles, anomaly, optional classifier) and save a bundle",
+        description="Fit the behaviour scorer on client feature vectors: per source kind (logs count requests, "
+                    "captures connections) scaled features and fingerprint encodings, profile clusters, an "
+                    "isolation-forest anomaly score turned into a conformal p-value, a calibrated classifier when "
+                    "--labels are given, the UA model's outputs with --ua-model, and the calibrated mapping to a "
+                    "reputation score in [-100, 100] anchored at the config's tiers and block score. Saved as a "
+                    f"skops bundle (no code runs on load; signed with ${KEY_ENV} when set).",
+    )
+    p.add_argument("data", nargs="+", metavar="FEATURES_OR_RECORDS", help=inputs_help)
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.skops", help="bundle to write")
+    p.add_argument("--labels", action="append", metavar="FILE",
+                   help="labels: 'key label' lines or CSV with key,label (human/browser = normal; bot, "
+                        "moderate_bot, advanced_bot, crawler = abusive); repeatable, folders recursed")
+    p.add_argument("--ua-model", metavar="UA.skops", help="UA bundle (stormguard ua train): adds bot probability "
+                                                          "and cluster distance as inputs and evidence")
+    p.add_argument("--bad-ja3", action="append", metavar="PATH",
+                   help="JA3 list whose entries are bad (SSLBL CSV); default: config reputation.bad_ja3_path")
+    p.add_argument("--known-ja3", action="append", metavar="PATH",
+                   help="JA3 -> application list (CSV/JSON); default: config reputation.library_ja3_path")
+    p.add_argument("--clusters", type=int, default=6, help="profile clusters per source kind (default 6)")
+    p.add_argument("--trees", type=int, default=100, help="isolation-forest trees (default 100)")
+    p.add_argument("--prior-bad", type=float, default=0.02,
+                   help="prior share of abusive clients: the score 0 point of the mapping (default 0.02)")
+    p.add_argument("--min-kind-clients", type=int, default=30,
+                   help="source kinds with fewer clients use the pooled model (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    _data_args(p, defaults_from_bundle=False)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "evaluate", help="compare a behaviour bundle's scores with labels",
+        description="Score DATA with a bundle from 'stormguard train' and compare with labels: ROC-AUC (score and "
+                    "anomaly alone), precision/recall/FPR at score thresholds (default: the low-tier boundary, "
+                    "the block score and 0), tiers x labels, and a per-cluster summary; --plot writes an SVG.",
+    )
+    p.add_argument("model", metavar="MODEL.skops")
+    p.add_argument("data", nargs="+", metavar="DATA", help=inputs_help)
+    p.add_argument("--labels", action="append", required=True, metavar="FILE", help="labels (see 'train --help')")
+    p.add_argument("--threshold", type=float, action="append", metavar="SCORE",
+                   help="score threshold to report (repeatable)")
+    p.add_argument("--plot", metavar="FILE.svg", help="write score histograms (and ROC) as SVG")
+    p.add_argument("--json", metavar="FILE.json", help="write the metrics as JSON")
+    _data_args(p, defaults_from_bundle=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "score", help="score every client; write CSV/Parquet and/or fill the reputation store",
+        description="Score every client of DATA with a bundle from 'stormguard train': key, score in [-100, 100], "
+                    "tier, cluster, profile, anomaly, p_value, [bot_probability,] top reasons. Writes them with "
+                    "-o (.csv/.parquet) and/or loads them into the reputation store given by --store "
+                    "(pipelined bulk load; one score per key: latest window, lowest score).",
+    )
+    p.add_argument("model", metavar="MODEL.skops")
+    p.add_argument("data", nargs="+", metavar="DATA", help=inputs_help)
+    p.add_argument("-o", "--output", metavar="SCORES", help="output table: .csv or .parquet")
+    p.add_argument("--store", metavar="URL", help="reputation store URL (memory://, redis://...) to fill")
+    p.add_argument("--show", type=int, default=10, help="lowest-scored clients to print (default 10)")
+    _data_args(p, defaults_from_bundle=True)
+    p.set_defaults(func=cmd_score)
