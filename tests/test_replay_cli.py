@@ -83,3 +83,15 @@ def test_records_table_tolerates_wrong_python_types_and_rejects_unknown_fields()
     assert table.column("ts").to_pylist() == [1.0, 2.5]
     with pytest.raises(ValueError, match="unknown record field"):
         records_table([{"ts": 1.0, "colour": "blue"}])
+
+
+def test_records_table_coerces_odd_values_per_value() -> None:
+    import numpy as np
+
+    from stormguard.schema import records_table
+
+    table = records_table([{"ts": np.float64(2.0), "src_port": "x", "status": "abc", "frame": 2**70,
+                            "user_agent": 42, "ch_index": np.int64(1)}])
+    row = table.to_pylist()[0]
+    assert row["ts"] == 2.0 and row["src_port"] is None and row["status"] is None and row["frame"] is None
+    assert row["user_agent"] == "42" and row["ch_index"] == 1
