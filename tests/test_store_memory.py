@@ -95,3 +95,18 @@ def test_lru_matches_a_reference_model(max_keys: int, ops: list[tuple[str, int]]
             if k in ref:
                 ref.move_to_end(k)
         assert list(store._data) == list(ref) and len(store) <= max_keys
+
+
+def test_sync_facade_works_inside_a_running_event_loop() -> None:
+    """Notebooks call the blocking facade from a thread that already runs a loop (a Jupyter kernel)."""
+    import asyncio
+
+    from stormguard.scoring.stores import MemoryStore
+    from stormguard.scoring.stores.sync import SyncStore
+
+    async def inside() -> float:
+        with SyncStore(MemoryStore()) as store:
+            store.add("k", -10, now=1.0)
+            return store.get("k", now=1.0).score
+
+    assert asyncio.run(inside()) == -10
