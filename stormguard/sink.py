@@ -31,11 +31,29 @@ class SinkError(RuntimeError):
 
 
 def _encode(rows: list[Mapping[str, Any]]) -> bytes:
-    return _ROWS + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    """Rows as runs of (key names, value tuples): rows from one reader share their keys, so the names travel once
+    per run, pickling tuples is about twice as fast as dicts, and the child gets its columns with one ``zip``."""
+    runs: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+    keys: tuple[str, ...] | None = None
+    values: list[tuple[Any, ...]] = []
+    for row in rows:
+        k = tuple(row)
+        if k != keys:
+            values = []
+            runs.append((k, values))
+            keys = k
+        values.append(tuple(row.values()))
+    return _ROWS + pickle.dumps(runs, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _decode(blob: bytes) -> list[Mapping[str, Any]]:
-    return pickle.loads(blob[1:])
+def _decode_tables(blob: bytes) -> list[Any]:
+    from stormguard.schema import columns_table
+
+    tables = []
+    for keys, values in pickle.loads(blob[1:]):
+        columns = dict(zip(keys, zip(*values, strict=True), strict=True)) if values else {}
+        tables.append(columns_table(columns, len(values)))
+    return tables
 
 
 def _writer_main(conn: Connection, path: str) -> None:
@@ -47,8 +65,8 @@ def _writer_main(conn: Connection, path: str) -> None:
     writer = RecordWriter(path)
     try:
         with writer:
-            # Warm up now, while the parent parses: the first Arrow array imports pandas (~0.5 s); done lazily it
-            # would land after the last batch of a capture (few rows, all at the end) and serialise the run.
+            # Warm up now, while the parent parses: the first Arrow conversion costs a few tenths of a second of
+            # imports; done lazily it would land after a capture's last batch (few rows, all at the end).
             records_table([])
             while True:
                 blob = conn.recv_bytes()
@@ -57,7 +75,8 @@ def _writer_main(conn: Connection, path: str) -> None:
                     break
                 if kind == _ABORT:
                     raise SinkError("aborted by the parser")
-                writer.write(_decode(blob))
+                for table in _decode_tables(blob):
+                    writer.write_table(table)
     except SinkError:
         conn.send(("aborted", 0))
         return
