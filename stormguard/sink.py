@@ -47,13 +47,23 @@ def _encode(rows: list[Mapping[str, Any]]) -> bytes:
 
 
 def _decode_tables(blob: bytes) -> list[Any]:
+    """One Arrow table per message: runs are stitched column by column (a capture alternates key sets often)."""
     from stormguard.schema import columns_table
 
-    tables = []
-    for keys, values in pickle.loads(blob[1:]):
-        columns = dict(zip(keys, zip(*values, strict=True), strict=True)) if values else {}
-        tables.append(columns_table(columns, len(values)))
-    return tables
+    runs = pickle.loads(blob[1:])
+    names = {name for keys, _ in runs for name in keys}
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    n = 0
+    for keys, values in runs:
+        count = len(values)
+        if not count:
+            continue
+        given = dict(zip(keys, zip(*values, strict=True), strict=True))
+        for name, column in columns.items():
+            part = given.get(name)
+            column.extend(part if part is not None else (None,) * count)
+        n += count
+    return [columns_table(columns, n)] if n else []
 
 
 def _writer_main(conn: Connection, path: str) -> None:

@@ -11,21 +11,26 @@ import pytest
 from stormguard.schema import RecordWriter, read_records
 from stormguard.sink import BackgroundRecordWriter, SinkError
 
+MIXED = [{"ts": 1.0, "src_ip": "::1", "proto": "tls", "ja3": "a" * 32},
+         {"ts": 2.0, "src_ip": "::1", "proto": "other", "outcome": "rst"},
+         {"ts": 3.0, "src_ip": "::2", "proto": "tls", "ja3": "b" * 32},
+         {"ts": 4.0, "line": 9, "user_agent": "curl/8"}] * 50
 ROWS = [{"ts": float(i), "src_ip": f"127.0.0.{i % 7 + 1}", "src_port": 40000 + i, "proto": "tls",
          "ja3": f"{i:032x}", "note": None if i % 3 else "cut"} for i in range(2000)]
 
 
+@pytest.mark.parametrize("rows", [ROWS, MIXED], ids=["uniform", "mixed-keys"])
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
-def test_background_output_equals_in_process_output(tmp_path: Path, suffix: str) -> None:
+def test_background_output_equals_in_process_output(tmp_path: Path, suffix: str, rows: list) -> None:
     direct, background = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
     with RecordWriter(direct) as w:
-        w.write(ROWS[:700])
-        w.write(ROWS[700:])
+        w.write(rows[:70])
+        w.write(rows[70:])
     with BackgroundRecordWriter(background) as bw:
-        bw.write(ROWS[:700])
+        bw.write(rows[:70])
         bw.write([])
-        bw.write(ROWS[700:])
-    assert bw.rows == len(ROWS)
+        bw.write(rows[70:])
+    assert bw.rows == len(rows)
     pd.testing.assert_frame_equal(read_records(direct), read_records(background))
 
 
