@@ -433,7 +433,8 @@ class _Capture:
             outcome = "fin"
         rows = []
         if conn.rows:
-            for row, h in conn.rows:
+            for index, (row, h) in enumerate(conn.rows):
+                row["conn_row"] = index  # 0: the connection's first row; later ones are not new connections
                 row["ts_end"] = conn.ts_end
                 row["bytes_in"] = h.bytes
                 row["bytes_out"] = h.peer.bytes

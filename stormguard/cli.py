@@ -83,7 +83,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    """replay → features on the given inputs (default: the bundled sample)."""
+    """replay → features → score (bundled model) → reputation store, on the inputs (default: the bundled sample)."""
     from stormguard.features.replay import replay
     from stormguard.features.windows import client_features
     from stormguard.schema import write_records
@@ -103,16 +103,78 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     features.to_parquet(features_path, index=False)
     print(f"records:  {len(records):>7}  -> {records_path}")
     print(f"features: {len(features):>7}  -> {features_path}  (key={args.key}, window={window or 'whole input'})")
-    if len(features):
-        import pandas as pd
+    import pandas as pd
 
+    if len(features):
         cols = [c for c in ("key", "n_conn", "conn_rate_per_min", "reconnects_10s", "short_lived_2s",
                             "header_entropy_mean", "distinct_uas", "distinct_ja3", "ja4_mode")
                 if c in features.columns]
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             top = features.sort_values(cols[1] if len(cols) > 1 else features.columns[0], ascending=False)
             print(top[cols].head(args.show).to_string(index=False))
+    model_path = None if args.no_model else Path(args.model) if args.model else _default_model()
+    if model_path is not None and len(records):
+        _score_into_store(records, model_path, out_dir, args.store, args.show)
     return 0 if stats.files else 2
+
+
+def _default_model() -> Path | None:
+    """The bundled default model (``data/default-model.skops``), trained by ``data/make_model.py``."""
+    for base in (Path("data"), Path(__file__).resolve().parent.parent / "data"):
+        path = base / "default-model.skops"
+        if path.exists():
+            return path
+    return None
+
+
+def _score_into_store(records: object, model_path: Path, out_dir: Path, store_url: str, show: int) -> None:
+    """Score the clients with a behaviour bundle, write scores.parquet, load them into the store, show tiers."""
+    import pandas as pd
+
+    from stormguard.config import load_config
+    from stormguard.models.train import features_from_records, load_model
+    from stormguard.scoring.batch import fill_store
+    from stormguard.scoring.engine import ReputationEngine
+    from stormguard.scoring.stores import open_store
+    from stormguard.scoring.stores.sync import SyncStore
+
+    model, bundle = load_model(model_path)
+    key = bundle.metrics.get("key") or "src_ip"
+    window = bundle.metrics.get("window") or None
+    scores = model.score_frame(features_from_records(records, key=key, window=window))  # type: ignore[arg-type]
+    scores_path = out_dir / "scores.parquet"
+    scores.to_parquet(scores_path, index=False)
+    from stormguard.features.windows import client_features
+
+    config = load_config(None)
+    # Everything happens "as of the end of the input": the model's scores and the rules' deductions are written
+    # with the input's own timestamps, and the tiers are read at its last timestamp (old logs are not decayed away).
+    ts = pd.to_numeric(records["ts"], errors="coerce")  # type: ignore[index]
+    end = float(ts.max()) if ts.notna().any() else time.time()
+    windows = client_features(records, key=key, window=config.server.live_window)  # type: ignore[arg-type]
+    store = SyncStore(open_store(store_url, config, failover=False))
+    try:
+        loaded = fill_store(scores, store, now=end)
+        engine = ReputationEngine(store.store, config)
+        penalties = 0
+        for row in windows.sort_values("last_ts").to_dict("records"):  # the rules, on the same features
+            verdict, _ = store.run(engine.observe(str(row["key"]), row, now=float(row["last_ts"])))
+            penalties += bool(verdict.reasons)
+        keys = sorted(set(scores["key"].astype(str)) | set(windows["key"].astype(str)))
+        decisions = [store.run(engine.decide(k, now=end)) for k in keys]
+    finally:
+        store.close()
+    print(f"scores:   {len(scores):>7}  -> {scores_path}  (model {model_path.name}, key={key}, "
+          f"window={window or 'whole input'})")
+    print(f"store:    {loaded:>7}  model scores loaded into {store_url.split('?')[0]}, "
+          f"{penalties} rule penalties applied (the live rules, on {config.server.live_window:g} s windows)")
+    table = pd.DataFrame({"key": keys, "score": [round(d.reputation.score, 1) for d in decisions],
+                          "tier (X-IP-Rating)": [d.tier.name for d in decisions],
+                          "reasons": [", ".join(d.reputation.reasons) for d in decisions]})
+    counts = table["tier (X-IP-Rating)"].value_counts().to_dict()
+    print("tiers:    " + ", ".join(f"{tier} {n}" for tier, n in sorted(counts.items())))
+    with pd.option_context("display.width", 160):
+        print(table.sort_values("score").head(show).to_string(index=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,15 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(
-        "pipeline", help="replay -> features on inputs (default: the bundled sample in data/)",
-        description="Run the whole pipeline that exists so far on the given inputs, or on the bundled sample "
-                    "(data/) when none are given, writing records.parquet and features.parquet to --out-dir.",
+        "pipeline", help="replay -> features -> score -> store, on inputs (default: the bundled sample)",
+        description="Run the whole batch pipeline on the given inputs, or on the bundled sample capture "
+                    "(data/sample.pcap) when none are given: replay into records.parquet, client features into "
+                    "features.parquet, scores from the bundled behaviour model (data/default-model.skops) into "
+                    "scores.parquet, and those scores into the reputation store (in memory by default), printing "
+                    "the resulting tiers.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="capture or log files or folders (default: data/sample.pcap)")
     p.add_argument("--out-dir", default="out", help="where to write the outputs (default: out/)")
     p.add_argument("--key", default="src_ip", help="client key (see 'stormguard features --help')")
     p.add_argument("--window", type=float, default=0.0, help="window seconds (default 0: whole input)")
     p.add_argument("--show", type=int, default=15, help="how many clients to print (default 15)")
+    p.add_argument("--model", help="behaviour bundle to score with (default: data/default-model.skops)")
+    p.add_argument("--no-model", action="store_true", help="stop after the features")
+    p.add_argument("--store", default="memory://",
+                   help="reputation store to load the scores into (default memory://: lives for this command)")
     p.set_defaults(func=cmd_pipeline)
 
     from stormguard.server.cli import register as register_serve
