@@ -66,12 +66,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 # -- the stormguard app under test (uvicorn --factory serve:stormguard_app --app-dir bench) ---------------------
 def stormguard_app() -> Any:
-    """``create_app`` with default settings, the reputation engine as gate (memory store), 127.0.0.1 blocked."""
+    """``create_app`` with default settings, the reputation gate adapter on the engine (memory store), 127.0.0.1
+    blocked."""
     from stormguard.scoring.engine import ReputationEngine
     from stormguard.scoring.reputation import Reputation
     from stormguard.scoring.stores import open_store
     from stormguard.server.app import create_app
-    from stormguard.server.gate import GateDecision
+    from stormguard.server.reputation_gate import ReputationGateAdapter
     from stormguard.server.settings import ServerSettings
 
     from stormguard.config import Config
@@ -82,12 +83,9 @@ def stormguard_app() -> Any:
     now = store.now()
     store.put(Reputation(BLOCKED_IP, -80.0, now, now, now + 3600.0, ("bench-blocked",)))  # type: ignore[attr-defined]
 
-    async def gate(ctx: Any) -> GateDecision:
-        ip = ctx.identity.ip
-        d = await engine.decide(ip, ip=ip)
-        if d.allow:
-            return GateDecision(tier=d.tier.name, score=d.reputation.score)
-        return GateDecision(allow=False, score=d.reputation.score, reason="blocked", retry_ms=d.retry_ms)
+    # The gate `stormguard serve` uses: one store read per new connection, blocks remembered for
+    # block_recheck_seconds (which is what lets the outermost fast path refuse a known-blocked client).
+    gate = ReputationGateAdapter(engine, recheck=ServerSettings().block_recheck_seconds)
 
     return create_app(ServerSettings(), reputation_gate=gate)
 

@@ -16,6 +16,11 @@ Seams (keyword arguments of :func:`create_app`):
   ``settings.reputation`` is on.
 * tenants — when ``settings.jwt_secret`` or ``settings.jwt_public_key`` is set, :class:`TenantMiddleware` verifies
   a JWT on the stream paths (between the gate and the limiter) and the quota gets per-tenant pools.
+
+Ahead of all of it (and of Starlette's own middleware), :class:`StormguardApp` asks the blocked-client fast path
+(:mod:`fastpath`) whether the socket peer is a block the gate already remembers; if so the refusal is sent from
+prebuilt messages, counted and audited without the stack. Gates without a local block cache, shadow mode and
+trusted-proxy peers always take the full path.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from starlette.routing import Route
 from stormguard.server.audit import AuditLog
 from stormguard.server.breaker import BreakerMiddleware, CircuitBreaker
 from stormguard.server.context import RequestContext
+from stormguard.server.fastpath import BlockedFastPath
+from stormguard.server.fastpath import build as build_fast_path
 from stormguard.server.gate import ReputationGate, ReputationGateMiddleware
 from stormguard.server.history import AsyncHistoryBackend, HistoryBackend
 from stormguard.server.history_redis import history_from_url
@@ -93,6 +100,7 @@ class Runtime:
         self.active_by_tier: dict[str, int] = {}
         self._restore_signals: list[tuple[int, Any]] = []
         self.reputation: ReputationService | None = None
+        self.fast_path: BlockedFastPath | None = None
 
     # -- load and accounting ------------------------------------------------------------------------------------
     def load(self) -> float:
@@ -190,9 +198,19 @@ class Runtime:
 
 
 class StormguardApp(Starlette):
-    """Starlette, plus the server's own ``send`` kept in the scope so a stuck stream can be aborted (see sse.py)."""
+    """Starlette, plus the server's own ``send`` kept in the scope so a stuck stream can be aborted (see sse.py),
+    plus the blocked-client fast path (:mod:`fastpath`) ahead of Starlette's own middleware stack."""
+
+    fast_path: BlockedFastPath | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        fast = self.fast_path
+        if fast is not None and scope["type"] == "http":
+            refusal = fast.check(scope)          # a known-blocked address: answered before the Starlette stack
+            if refusal is not None:
+                await send(refusal[0])
+                await send(refusal[1])
+                return
         scope[RAW_SEND_KEY] = send
         await super().__call__(scope, receive, send)
 
@@ -237,10 +255,10 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
                    ja3_header=s.ja3_header, ja4_header=s.ja4_header, sni_header=s.sni_header, on_malformed=malformed),
         Middleware(BreakerMiddleware, breaker=rt.breaker, refuser=rt.refuser, exempt_paths=exempt),
     ]
+    gate_paths = tuple(s.reputation_paths) if reputation is not None else None
     if reputation_gate is not None:
         middleware.append(Middleware(ReputationGateMiddleware, gate=reputation_gate, refuser=rt.refuser,
-                                     exempt_paths=exempt,
-                                     paths=tuple(s.reputation_paths) if reputation is not None else None))
+                                     exempt_paths=exempt, paths=gate_paths))
     if verifier is not None:
         from stormguard.server.tenants import TenantMiddleware
 
@@ -286,6 +304,12 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
 
     app = StormguardApp(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.stormguard = rt
+    app.fast_path = rt.fast_path = build_fast_path(settings=s, gate=reputation_gate, refuser=rt.refuser,
+                                                   breaker=rt.breaker, audit=rt.audit, exempt_paths=exempt,
+                                                   paths=gate_paths, sse_paths=SSE_PATHS)
+    if app.fast_path is not None:
+        fast = app.fast_path
+        rt.metrics.fast_refusals.set_function(lambda: fast.refusals)
     return app
 
 

@@ -1,7 +1,9 @@
 """Prometheus metrics, one registry per app (several apps in one process — tests — must not collide).
 
 Label children are resolved once and cached: ``Counter.labels()`` takes a lock and a dict lookup, which the hot
-path does not need to pay on every request.
+path does not need to pay on every request. Refusals — the one counter a flood drives at the request rate — are
+plain ints (:class:`RefusalCounts`) that the registry reads at scrape time: no lock, no ``Counter.inc`` per refusal.
+The event loop is the only writer and ``/metrics`` is served on the same loop, so a scrape never sees a torn value.
 """
 
 from __future__ import annotations
@@ -10,8 +12,47 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Tally:
+    """One mutable int: the hot path holds it and does ``tally.n += 1``."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class RefusalCounts:
+    """``rate_limit_rejected_total{layer, reason}`` as plain ints, exported by a custom collector at scrape time."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.tallies: dict[tuple[str, str], Tally] = {}
+
+    def tally(self, layer: str, reason: str) -> Tally:
+        """The counter cell of one (layer, reason), created at 0 on first use."""
+        t = self.tallies.get((layer, reason))
+        if t is None:
+            t = self.tallies[(layer, reason)] = Tally()
+        return t
+
+    def value(self, layer: str, reason: str) -> int:
+        t = self.tallies.get((layer, reason))
+        return 0 if t is None else t.n
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=["layer", "reason"])]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["layer", "reason"])
+        for (layer, reason), t in list(self.tallies.items()):
+            family.add_metric([layer, reason], t.n)
+        return [family]
 
 
 class Metrics:
@@ -21,8 +62,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.connections = Counter("http_sse_connections", "SSE streams opened", ["tier"], registry=r)
-        self.rejected = Counter("rate_limit_rejected", "Requests refused by a defence layer",
-                                ["layer", "reason"], registry=r)
+        self.rejected = RefusalCounts("rate_limit_rejected", "Requests refused by a defence layer")
+        r.register(self.rejected)
         self.shadow = Counter("stormguard_shadow_refusals", "Refusals decided but not enforced (shadow mode)",
                               ["layer", "reason"], registry=r)
         self.degraded = Counter("stormguard_degraded", "Requests admitted past a soft threshold", ["layer"],
@@ -43,6 +84,8 @@ class Metrics:
                                      registry=r)
         self.limiter_evictions = Counter("stormguard_limiter_evictions", "Limiter entries dropped to stay bounded",
                                          ["kind", "lossless"], registry=r)
+        self.fast_refusals = Gauge("stormguard_fastpath_refusals", "Blocked-client refusals answered by the fast "
+                                   "path (also in rate_limit_rejected_total)", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -54,7 +97,7 @@ class Metrics:
         return c
 
     def reject(self, layer: str, reason: str) -> None:
-        self.child(self.rejected, layer, reason).inc()
+        self.rejected.tally(layer, reason).n += 1
 
     def set_gauge_function(self, gauge: Gauge, fn: Callable[[], float], *labels: str) -> None:
         (gauge.labels(*labels) if labels else gauge).set_function(fn)

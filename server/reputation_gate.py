@@ -67,6 +67,19 @@ class ReputationGateAdapter:
     def forget(self, key: str) -> None:
         self._blocks.pop(key, None)
 
+    def local_block(self, key: str, now: float) -> tuple[float, float] | None:
+        """``(block_until, score)`` while a remembered block of ``key`` is in force and not due for a store re-read.
+
+        The fast path (:mod:`stormguard.server.fastpath`) asks this before the Starlette stack; ``None`` sends the
+        request down the full path, whose :meth:`__call__` re-reads the store (and re-remembers a block that still
+        holds), so a block lifted in the store is honoured within ``recheck`` seconds on both paths.
+        """
+        hit = self._blocks.get(key)
+        if hit is None or now >= hit[0] or now >= hit[1]:
+            return None
+        self.local_refusals += 1
+        return hit[0], hit[2]
+
     async def __call__(self, ctx: RequestContext) -> GateDecision | None:
         key = ctx.identity.ip
         now = self.clock()

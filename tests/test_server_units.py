@@ -269,3 +269,88 @@ def test_fresh_bucket_reports_whole_tokens_left() -> None:
     for i in range(1000):
         ok, left, _ = buckets.take(f"10.0.{i // 256}.{i % 256}")
         assert ok and left == 1.0
+
+
+# -- refusal counters and the blocked-client fast path ------------------------------------------------------------
+def test_refusal_counts_are_plain_ints_exported_at_scrape_time() -> None:
+    from stormguard.server.metrics import Metrics
+
+    m = Metrics()
+    m.reject("limiter", "rate")
+    m.reject("limiter", "rate")
+    m.rejected.tally("reputation", "blocked").n += 5
+    text = m.render()[0].decode()
+    assert 'rate_limit_rejected_total{layer="limiter",reason="rate"} 2.0' in text
+    assert 'rate_limit_rejected_total{layer="reputation",reason="blocked"} 5.0' in text
+    assert m.rejected.value("limiter", "rate") == 2 and m.rejected.value("x", "y") == 0
+
+
+def _fast_path(clock: Clock, *, actions: dict[str, str] | None = None, audit_path: str | None = "-",
+               trusted: tuple[str, ...] = ()) -> tuple[object, object, list[dict[str, object]]]:
+    from stormguard.server.audit import AuditLog
+    from stormguard.server.fastpath import BlockedFastPath
+    from stormguard.server.metrics import Metrics
+    from stormguard.server.refuse import Refuser
+    from stormguard.server.reputation_gate import ReputationGateAdapter
+
+    audit = AuditLog(audit_path)
+    refuser = Refuser(retry=RetryChooser({}, {}), actions=actions, metrics=Metrics(), audit=audit)
+    gate = ReputationGateAdapter(engine=None, recheck=1.0, clock=clock)
+    gate.note_block("10.0.0.1", clock.t + 300.0, -80.0)
+    fast = BlockedFastPath(cache=gate, refuser=refuser, breaker=CircuitBreaker(clock=clock), trusted_proxies=trusted,
+                           exempt_paths=("/healthz",), audit=audit)
+    return fast, refuser, audit._queue  # type: ignore[return-value]
+
+
+def _req(path: str, ip: str, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, object]:
+    return {"type": "http", "path": path, "client": (ip, 5000), "headers": headers or []}
+
+
+def test_fast_path_refuses_remembered_blocks_until_the_recheck() -> None:
+    clock = Clock()
+    fast, refuser, _ = _fast_path(clock)
+    start, body = fast.check(_req("/events", "10.0.0.1"))            # type: ignore[attr-defined]
+    assert start["status"] == 204 and body["body"] == b""
+    start, body = fast.check(_req("/other", "10.0.0.1"))             # type: ignore[attr-defined]
+    assert start["status"] == 403 and (b"retry-after", b"300") in start["headers"]
+    accept = [(b"accept", b"text/event-stream")]
+    assert fast.check(_req("/other", "10.0.0.1", accept))[0]["status"] == 204   # type: ignore[attr-defined]
+    assert fast.check(_req("/events", "10.0.0.2")) is None           # type: ignore[attr-defined]
+    assert fast.check(_req("/healthz", "10.0.0.1")) is None          # type: ignore[attr-defined]
+    assert refuser.metrics.rejected.value("reputation", "blocked") == 3   # type: ignore[attr-defined]
+    clock.t += 1.0                                                       # due for the store re-read: full path
+    assert fast.check(_req("/events", "10.0.0.1")) is None           # type: ignore[attr-defined]
+
+
+def test_fast_path_skips_trusted_proxies_and_an_open_breaker() -> None:
+    clock = Clock()
+    fast, _, _ = _fast_path(clock, trusted=("10.0.0.0/24",))
+    assert fast.check(_req("/events", "10.0.0.1")) is None           # type: ignore[attr-defined]
+    fast, _, _ = _fast_path(clock)
+    fast.breaker.state = "open"                                          # type: ignore[attr-defined]
+    assert fast.check(_req("/events", "10.0.0.1")) is None           # type: ignore[attr-defined]
+
+
+def test_fast_path_pace_carries_time_to_block_end() -> None:
+    clock = Clock()
+    fast, _, _ = _fast_path(clock, actions={"blocked": "pace"})
+    start, body = fast.check(_req("/events", "10.0.0.1"))            # type: ignore[attr-defined]
+    assert start["status"] == 200 and body["body"] == b"retry: 300000\n: blocked\n\n"
+    assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]
+
+
+def test_fast_path_audit_is_one_record_per_address_per_second_with_repeats() -> None:
+    clock = Clock(1000.25)
+    fast, refuser, queue = _fast_path(clock)
+    for _ in range(5):
+        fast.check(_req("/events", "10.0.0.1"))                      # type: ignore[attr-defined]
+    clock.t = 1000.9
+    fast.check(_req("/events", "10.0.0.1"))                          # type: ignore[attr-defined]
+    assert len(queue) == 1 and "repeats" not in queue[0]
+    clock.t = 1001.1
+    fast.check(_req("/events", "10.0.0.1"))                          # type: ignore[attr-defined]
+    assert len(queue) == 2 and queue[1]["repeats"] == 5
+    rec = queue[1]
+    assert (rec["client"], rec["tier"], rec["score"], rec["layer"], rec["reason"], rec["action"]) == (
+        "10.0.0.1", "blocked", -80.0, "reputation", "blocked", "stop")
+    assert refuser.metrics.rejected.value("reputation", "blocked") == 7   # type: ignore[attr-defined]
