@@ -218,7 +218,7 @@ class StormguardApp(Starlette):
 def create_app(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
                quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
                observers: Sequence[Observer] = (), history: HistoryBackend | AsyncHistoryBackend | None = None,
-               reputation: ReputationService | None = None) -> StormguardApp:
+               reputation: ReputationService | None = None, model: Any = None) -> StormguardApp:
     """The stormguard app. See the module docstring for the seams."""
     s = settings or ServerSettings()
     if reputation is not None:
@@ -228,6 +228,11 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     rt.reputation = reputation
     if reputation is not None:
         reputation.bind(rt)
+    scorer = None
+    if model is not None and reputation is not None:  # live model scoring, off the accept path (scoring_task.py)
+        from stormguard.server.scoring_task import ModelScorer
+
+        scorer = ModelScorer.for_runtime(model, rt, interval=s.model_interval)
     exempt = tuple(s.exempt_paths)
     if quota is None:
         quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
@@ -295,10 +300,14 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         await rt.startup()
         if reputation is not None:
             await reputation.start()
+        if scorer is not None:
+            scorer.start(rt)
         try:
             yield
         finally:
             await rt.shutdown()
+            if scorer is not None:
+                await scorer.stop()
             if reputation is not None:
                 await reputation.stop()
 
@@ -367,4 +376,7 @@ def create_app_from_env() -> Starlette:
         from stormguard.config import load_config
 
         reputation = ReputationService.from_config(load_config(), settings)
-    return create_app(settings, reputation=reputation)
+    from stormguard.server.scoring_task import resolve_model
+
+    model = resolve_model(settings.model) if settings.reputation and settings.live_rules else None
+    return create_app(settings, reputation=reputation, model=model)

@@ -88,6 +88,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token:
         settings = dataclasses.replace(settings, publish_token=token)
     # Workers re-import the factory: hand everything over through the environment.
+    from stormguard.models.bundle import BundleError
+    from stormguard.server.scoring_task import check_model, resolve_model
+
+    if args.no_model or args.model:
+        settings = dataclasses.replace(settings, model="none" if args.no_model else str(Path(args.model).resolve()))
+    model_path = resolve_model(settings.model) if settings.reputation and settings.live_rules else None
+    if model_path is not None:  # fail here with one clear line, and let every worker load the same file
+        try:
+            settings = dataclasses.replace(settings, model=str(check_model(model_path).resolve()))
+        except BundleError as exc:
+            print(f"stormguard serve: {exc}", file=sys.stderr)
+            return 2
     os.environ[ENV_VAR] = settings.to_json()
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
@@ -121,6 +133,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                                                   "rediss://..., unix:///path (overrides [store] url)")
     p.add_argument("--shadow", action="store_true", help="dry run: decide, count and log refusals, but admit")
     p.add_argument("--audit-log", help="JSON-lines audit file ('-' for stderr)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", metavar="PATH", help="behaviour model bundle that scores live clients in micro-batches "
+                   "off the accept path (default: [server] model, i.e. data/default-model.skops of this checkout)")
+    g.add_argument("--no-model", action="store_true", help="no live model scoring")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=cmd_serve)
     return p

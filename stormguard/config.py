@@ -239,6 +239,9 @@ class ServerConfig:
     reputation_paths: tuple[str, ...] = ("/events",)   # where the store gate reads (never per published event)
     live_rules: bool = True               # connection events feed online features, rules and the threshold
     live_window: float = 300.0            # online feature window (the batch default, so vectors agree)
+    model: str = "default"                # live model bundle: "default" = data/default-model.skops of a checkout;
+                                          # "" / "none" = off; else a path
+    model_interval: float = 0.25          # seconds between live model micro-batches
     live_flush_interval: float = 0.05     # seconds between batches of live rule updates
     live_queue_size: int = 100_000        # connection events waiting for the batcher (beyond: dropped, counted)
     live_max_keys: int = 100_000          # clients tracked by the online features (LRU beyond)

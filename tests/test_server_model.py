@@ -269,3 +269,33 @@ def test_check_model_is_the_serve_command_preflight(tmp_path: Path) -> None:
     assert check_model(BUNDLE) == BUNDLE
     with pytest.raises(BundleError, match="no such file"):
         check_model(tmp_path / "missing.skops")
+
+
+def test_serve_scores_live_clients_with_the_bundled_model() -> None:
+    """`stormguard serve` out of the box: the default bundle scores clients in micro-batches, visible in /metrics."""
+    import time as _time
+
+    from server_harness import SSEClient, running_server
+
+    with running_server({"enable_test_routes": True}) as srv:
+        for i in range(6):
+            c = SSEClient(srv.port, "/events?topic=m", source=f"127.0.4.{i + 1}")
+            c.close()
+        deadline = _time.monotonic() + 30
+        while srv.metric("stormguard_model_scored_total") < 1 and _time.monotonic() < deadline:
+            _time.sleep(0.2)
+        assert srv.metric("stormguard_model_scored_total") >= 1
+        assert srv.metric("stormguard_model_errors_total") == 0
+
+
+def test_serve_refuses_a_bad_model_with_one_clear_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "model.skops"
+    bad.write_bytes(b"not a bundle")
+    proc = subprocess.run([sys.executable, "-m", "stormguard", "serve", "--port", "1", "--model", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "stormguard serve:" in proc.stderr and "model.skops" in proc.stderr
+    assert "Traceback" not in proc.stderr
