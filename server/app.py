@@ -94,6 +94,16 @@ class Runtime:
                                       on_evict=lambda lossless: self._limiter_evicted("ip", lossless))
         self.token_buckets = GcraBuckets(s.token_rate, s.token_burst, max_entries=s.limiter_max_entries,
                                          on_evict=lambda lossless: self._limiter_evicted("token", lossless))
+        self.shared_limiter: Any = None
+        if s.limiter_url:
+            from prometheus_client import Counter
+            from stormguard.server.limiter_redis import RedisGcra
+
+            fallbacks = Counter("stormguard_limiter_fallbacks", "Limiter decisions made by the local buckets "
+                                "because the shared (Redis) limiter was unavailable", ["kind"], registry=m.registry)
+            self.shared_limiter = RedisGcra.from_url(
+                s.limiter_url, self.ip_buckets, self.token_buckets, prefix=s.limiter_prefix,
+                on_fallback=lambda kind: m.child(fallbacks, "token" if kind == "tok" else kind).inc())
         m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
         m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))
         m.breaker_state.set(0)
@@ -164,6 +174,9 @@ class Runtime:
         await self.hub.stop()
         await self.loopmon.stop()
         await self.audit.stop()
+        if self.shared_limiter is not None:
+            with contextlib.suppress(Exception):
+                await self.shared_limiter.close()
         for sig, handler in self._restore_signals:
             with contextlib.suppress(ValueError, TypeError):
                 if signal.getsignal(sig) is not handler:
@@ -273,7 +286,8 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     middleware += [
         Middleware(LimiterMiddleware, refuser=rt.refuser, ip_buckets=rt.ip_buckets, token_buckets=rt.token_buckets,
                    ip_soft_remaining=s.ip_soft_remaining, token_soft_remaining=s.token_soft_remaining,
-                   paths=tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded, on_warn=warned),
+                   paths=tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded, on_warn=warned,
+                   shared=rt.shared_limiter),
         Middleware(QuotaMiddleware, quota=quota, refuser=rt.refuser, paths=SSE_PATHS),
     ]
 

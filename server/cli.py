@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1 and not shared_store(cfg.store.url):
         # The in-memory reputation, hub, limiter and quota are per process. With --store redis://… reputation,
-        # hub history and fan-out are shared between workers; the limiter and quota stay per worker.
+        # hub history, fan-out and the limiter's buckets are shared between workers; the quota stays per worker.
         print("stormguard serve: --workers > 1 needs a shared store (--store redis://…); "
               "run one worker per process/port behind a balancer otherwise", file=sys.stderr)
         return 2
@@ -80,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # one shared store: the hub's history and fan-out go through its Redis Streams too, so every worker and
         # every process on that Redis serves the same topics
         settings = dataclasses.replace(settings, history_url=cfg.store.url)
+    if shared_store(cfg.store.url) and not settings.limiter_url:
+        # and the per-address / per-token buckets too (local buckets only while Redis is unreachable)
+        settings = dataclasses.replace(settings, limiter_url=cfg.store.url)
     if args.shadow:
         settings = dataclasses.replace(settings, shadow=True)
     if args.audit_log:

@@ -77,8 +77,9 @@ class LimiterMiddleware:
                  token_buckets: GcraBuckets | None = None, ip_soft_remaining: float = 1.0,
                  token_soft_remaining: float = 0.0, paths: tuple[str, ...] | None = ("/events",),
                  exempt_paths: tuple[str, ...] = (), on_degrade: Callable[[str], None] | None = None,
-                 on_warn: Callable[[Any, str], None] | None = None) -> None:
+                 on_warn: Callable[[Any, str], None] | None = None, shared: Any = None) -> None:
         self.app = app
+        self.shared = shared          # a limiter_redis.RedisGcra: buckets shared by every process on one Redis
         self.refuser = refuser
         self.ip_buckets = ip_buckets
         self.token_buckets = token_buckets
@@ -94,6 +95,9 @@ class LimiterMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
+        if self.shared is not None:
+            await self._call_shared(scope, receive, send, ctx)
+            return
         if self.ip_buckets is not None and (self.paths is None or scope["path"] in self.paths):
             ok, left, _ = self.ip_buckets.take(ctx.identity.ip)
             if not ok:
@@ -115,4 +119,42 @@ class LimiterMiddleware:
                 self.on_degrade("token")
                 if self.on_warn is not None:
                     self.on_warn(ctx, "token_rate")
+        await self.app(scope, receive, send)
+
+    async def _call_shared(self, scope: dict[str, Any], receive: Any, send: Any, ctx: Any) -> None:
+        """The same decisions with the buckets in Redis: both taken in one round trip (the token bucket is skipped
+        once the address bucket refuses, unless in shadow mode, where the refused request goes on)."""
+        items: list[tuple[str, str]] = []
+        if self.ip_buckets is not None and (self.paths is None or scope["path"] in self.paths):
+            items.append(("ip", ctx.identity.ip))
+        key = ctx.identity.token_key
+        if self.token_buckets is not None and key is not None:
+            items.append(("tok", key))
+        if not items:
+            await self.app(scope, receive, send)
+            return
+        decisions = await self.shared.take(items, stop=not getattr(self.refuser, "shadow", False))
+        for i, (kind, item_key) in enumerate(items):
+            if i < len(decisions):
+                ok, left = decisions[i][0], decisions[i][1]
+            else:        # skipped after a refusal the refuser did not enforce: take it now
+                ok, left = (await self.shared.take([(kind, item_key)]))[0][:2]
+            if kind == "ip":
+                if not ok:
+                    if await self.refuser.refuse(scope, send, layer="limiter", reason="rate"):
+                        return
+                elif left < self.ip_soft:
+                    ctx.degraded = True
+                    ctx.extra["warning"] = "rate"
+                    self.on_degrade("ip")
+            else:
+                if not ok:
+                    if await self.refuser.refuse(scope, send, layer="limiter", reason="token_rate"):
+                        return
+                elif left < self.token_soft:
+                    ctx.degraded = True
+                    ctx.extra["warning"] = "token_rate"
+                    self.on_degrade("token")
+                    if self.on_warn is not None:
+                        self.on_warn(ctx, "token_rate")
         await self.app(scope, receive, send)

@@ -268,6 +268,8 @@ class ServerConfig:
     token_burst: float = 100.0
     token_soft_remaining: float = 20.0
     limiter_max_entries: int = 1_000_000
+    limiter_url: str = ""                 # redis://… → buckets shared by processes ("" = per process, in memory)
+    limiter_prefix: str = "sg:lim"        # Redis key prefix (hash tag) of shared buckets; a URL ?prefix= wins
     limited_paths: tuple[str, ...] = ("/events",)
     # quota (tiers from [reputation]; default everyone is neutral)
     tiers: dict[str, TierLimits] = field(default_factory=default_server_tiers)
