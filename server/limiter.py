@@ -100,26 +100,28 @@ class LimiterMiddleware:
             return
         if self.ip_buckets is not None and (self.paths is None or scope["path"] in self.paths):
             ok, left, _ = self.ip_buckets.take(ctx.identity.ip)
-            if not ok:
-                if await self.refuser.refuse(scope, send, layer="limiter", reason="rate"):
-                    return
-            elif left < self.ip_soft:
-                ctx.degraded = True
-                ctx.extra["warning"] = "rate"
-                self.on_degrade("ip")
+            if await self._decide("ip", ok, left, scope, send, ctx):
+                return
         key = ctx.identity.token_key
         if self.token_buckets is not None and key is not None:
             ok, left, _ = self.token_buckets.take(key)
-            if not ok:
-                if await self.refuser.refuse(scope, send, layer="limiter", reason="token_rate"):
-                    return
-            elif left < self.token_soft:
-                ctx.degraded = True
-                ctx.extra["warning"] = "token_rate"
-                self.on_degrade("token")
-                if self.on_warn is not None:
-                    self.on_warn(ctx, "token_rate")
+            if await self._decide("tok", ok, left, scope, send, ctx):
+                return
         await self.app(scope, receive, send)
+
+    async def _decide(self, kind: str, ok: bool, left: float, scope: dict[str, Any], send: Any, ctx: Any) -> bool:
+        """One bucket's verdict, the same for local and shared buckets: refuse (True when the refusal was sent),
+        or mark the request degraded below the soft threshold."""
+        ip = kind == "ip"
+        if not ok:
+            return bool(await self.refuser.refuse(scope, send, layer="limiter", reason="rate" if ip else "token_rate"))
+        if left < (self.ip_soft if ip else self.token_soft):
+            ctx.degraded = True
+            ctx.extra["warning"] = "rate" if ip else "token_rate"
+            self.on_degrade("ip" if ip else "token")
+            if not ip and self.on_warn is not None:
+                self.on_warn(ctx, "token_rate")
+        return False
 
     async def _call_shared(self, scope: dict[str, Any], receive: Any, send: Any, ctx: Any) -> None:
         """The same decisions with the buckets in Redis: both taken in one round trip (the token bucket is skipped
@@ -139,22 +141,6 @@ class LimiterMiddleware:
                 ok, left = decisions[i][0], decisions[i][1]
             else:        # skipped after a refusal the refuser did not enforce: take it now
                 ok, left = (await self.shared.take([(kind, item_key)]))[0][:2]
-            if kind == "ip":
-                if not ok:
-                    if await self.refuser.refuse(scope, send, layer="limiter", reason="rate"):
-                        return
-                elif left < self.ip_soft:
-                    ctx.degraded = True
-                    ctx.extra["warning"] = "rate"
-                    self.on_degrade("ip")
-            else:
-                if not ok:
-                    if await self.refuser.refuse(scope, send, layer="limiter", reason="token_rate"):
-                        return
-                elif left < self.token_soft:
-                    ctx.degraded = True
-                    ctx.extra["warning"] = "token_rate"
-                    self.on_degrade("token")
-                    if self.on_warn is not None:
-                        self.on_warn(ctx, "token_rate")
+            if await self._decide(kind, ok, left, scope, send, ctx):
+                return
         await self.app(scope, receive, send)
