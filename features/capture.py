@@ -74,25 +74,59 @@ def read_capture(path: Path, stats: ReplayStats, *, progress: Callable[[int], No
     Never raises on bad input: damage is reported through ``stats.warn`` (file and byte offset) and every record
     found before it is still yielded. ``progress(n)`` is called with the number of bytes read since the last call.
     """
-    path = Path(path)
-    try:
-        kind = sniff(path)
-    except OSError as exc:
-        stats.warn(path.name, f"cannot read: {exc.strerror or exc}", reason="unreadable file")
-        return
-    if kind not in ("pcap", "pcapng"):
-        stats.warn(path.name, "not a pcap/pcapng capture", offset=0, reason="not a capture")
-        return
-    cap = _Capture(path.name, kind, stats)
-    try:
-        packets = iter_packets(path, path.name, kind, stats, progress)
-        yield from cap.run(packets)
-    except OSError as exc:
-        stats.warn(path.name, f"read error: {exc.strerror or exc}", reason="unreadable file")
-    except Exception as exc:  # a reader bug must not lose what was found so far
-        stats.warn(path.name, f"reading stopped by an internal error: {type(exc).__name__}: {exc}",
-                   reason="capture not fully read (internal error)")
-    yield from cap.flush("open")
+    for row in CaptureReader(path, stats, progress=progress):
+        if row is not None:
+            yield row
+
+
+class CaptureReader:
+    """:func:`read_capture` as an object, for readers that split a capture between processes.
+
+    ``shard=(k, n)`` keeps only the flows whose endpoints hash to ``k`` of ``n`` (both directions of a flow, and
+    every fragment and tunnel layer of it, land in the same share: the hash is over the innermost addresses).
+    Each of the ``n`` readers still walks every packet, so that idle sweeps happen at the same packets as in a
+    whole read; only shard 0 counts packet-level figures (packets, undecodable packets, fragments, damage of the
+    file), every shard counts its own flows. With ``marks``, iteration also yields ``None`` every 1,024 packets,
+    and :attr:`at` tells the frame number reached when a row or mark was yielded (``None`` at the end of the
+    file) — what a merger needs to put the shares back into one order.
+    """
+
+    def __init__(self, path: Path, stats: ReplayStats, *, progress: Callable[[int], None] | None = None,
+                 shard: tuple[int, int] | None = None, marks: bool = False) -> None:
+        self.path = Path(path)
+        self.stats = stats
+        self.progress = progress
+        self.shard = shard
+        self.marks = marks
+        self._cap: _Capture | None = None
+
+    @property
+    def at(self) -> int | None:
+        return None if self._cap is None else self._cap.at
+
+    def __iter__(self) -> Iterator[dict | None]:
+        path, stats = self.path, self.stats
+        # packet- and file-level figures: shard 0 (or a whole read) only, so that shares add up to a whole read
+        pstats = stats if self.shard is None or self.shard[0] == 0 else ReplayStats()
+        try:
+            kind = sniff(path)
+        except OSError as exc:
+            pstats.warn(path.name, f"cannot read: {exc.strerror or exc}", reason="unreadable file")
+            return
+        if kind not in ("pcap", "pcapng"):
+            pstats.warn(path.name, "not a pcap/pcapng capture", offset=0, reason="not a capture")
+            return
+        cap = self._cap = _Capture(path.name, kind, stats, pstats=pstats, shard=self.shard, marks=self.marks)
+        try:
+            packets = iter_packets(path, path.name, kind, pstats, self.progress)
+            yield from cap.run(packets)
+        except OSError as exc:
+            pstats.warn(path.name, f"read error: {exc.strerror or exc}", reason="unreadable file")
+        except Exception as exc:  # a reader bug must not lose what was found so far
+            stats.warn(path.name, f"reading stopped by an internal error: {type(exc).__name__}: {exc}",
+                       reason="capture not fully read (internal error)")
+        cap.at = None
+        yield from cap.flush("open")
 
 
 def _ip(b: bytes) -> str:
@@ -102,10 +136,15 @@ def _ip(b: bytes) -> str:
 class _Capture:
     """State for one capture file."""
 
-    def __init__(self, name: str, kind: str, stats: ReplayStats) -> None:
+    def __init__(self, name: str, kind: str, stats: ReplayStats, *, pstats: ReplayStats | None = None,
+                 shard: tuple[int, int] | None = None, marks: bool = False) -> None:
         self.name = name
         self.kind = kind
-        self.stats = stats
+        self.stats = stats  # flow-level counts
+        self.pstats = stats if pstats is None else pstats  # packet-level counts (see CaptureReader)
+        self.shard = shard
+        self.marks = marks
+        self.at: int | None = 0  # frame reached when the last row was yielded (CaptureReader.at)
         self.flows: dict[tuple, Half] = {}  # directed TCP key -> half sending along it
         self.uflows: dict[tuple, Half] = {}  # directed UDP key -> half (QUIC/DTLS flows only)
         self.conns: dict[Conn, None] = {}  # open connections in creation order
@@ -117,7 +156,7 @@ class _Capture:
         self.ip_cache: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------------------------------------------
-    def run(self, packets: Iterator[tuple]) -> Iterator[dict]:
+    def run(self, packets: Iterator[tuple]) -> Iterator[dict | None]:
         """Records of the connections released while reading ``packets`` (see :meth:`flush` for the rest)."""
         # Thousands of live connection objects make CPython's frequent young-generation collections expensive
         # (a third of the time on a capture of many short connections): collect less often while parsing, and
@@ -130,8 +169,11 @@ class _Capture:
         finally:
             gc.set_threshold(*gc_caller)
 
-    def _loop(self, packets: Iterator[tuple], gc_caller: tuple, gc_ours: tuple) -> Iterator[dict]:
+    def _loop(self, packets: Iterator[tuple], gc_caller: tuple, gc_ours: tuple) -> Iterator[dict | None]:
         stats = self.stats
+        pstats = self.pstats
+        shard_k, shard_n = self.shard or (0, 0)
+        marks = self.marks
         decode = self.decoder.decode
         flows = self.flows
         uflows = self.uflows
@@ -173,7 +215,11 @@ class _Capture:
                 proto, src, dst, sport, dport, flags, seq, payload = r
             key = (src, dst, sport, dport)
             try:
-                if proto == 6:
+                if proto != 6 and proto != 17:
+                    not_used += 1
+                elif shard_n and (hash(src) ^ hash(dst)) % shard_n != shard_k:
+                    pass  # another reader's share of the flows
+                elif proto == 6:
                     half = flows.get(key)
                     if half is None or flags & 0x02:
                         half = self._tcp_open(half, key, flags, seq, ts, frame, out)
@@ -199,7 +245,7 @@ class _Capture:
                                     self._start(half, seq, payload, frame)
                         else:
                             self._tcp_data(half, seq, payload, frame)
-                elif proto == 17:
+                else:  # UDP
                     if payload:
                         half = uflows.get(key)
                         if half is not None:  # a QUIC/DTLS flow: keep its counters
@@ -210,30 +256,34 @@ class _Capture:
                         b0 = payload[0]
                         if b0 & 0xC0 == 0xC0 or b0 == 22:  # QUIC long header / DTLS handshake record
                             self._udp(half, key, payload, ts, frame)
-                else:
-                    not_used += 1
             except Exception as exc:  # a bug must not lose the rest of the capture
                 stats.warn(self.name, f"packet {frame}: internal error {type(exc).__name__}: {exc}",
                            reason="packet not processed (internal error)")
             if out:
+                self.at = frame
                 set_gc(*gc_caller)
                 yield from out
                 set_gc(*gc_ours)
                 out.clear()
-            if not n & check_mask and (not n & sweep_mask or len(conns) > max_conns):
-                stats.packets += n
-                n = 0
-                done = list(self.sweep(ts))
-                if done:
-                    set_gc(*gc_caller)
-                    yield from done
-                    set_gc(*gc_ours)
-        stats.packets += n
+            if not n & check_mask:
+                if marks:
+                    self.at = frame
+                    yield None
+                if not n & sweep_mask or len(conns) > max_conns:
+                    pstats.packets += n
+                    n = 0
+                    done = list(self.sweep(ts))
+                    if done:
+                        self.at = frame
+                        set_gc(*gc_caller)
+                        yield from done
+                        set_gc(*gc_ours)
+        pstats.packets += n
         if not_used:
-            stats.skip("packets without TCP/UDP over IP (or undecodable)", not_used)
+            pstats.skip("packets without TCP/UDP over IP (or undecodable)", not_used)
         frags = self.decoder.fragments
         if frags:
-            stats.skip("IP fragments (reassembled where complete)", frags)
+            pstats.skip("IP fragments (reassembled where complete)", frags)
         del flows, uflows
 
     # ------------------------------------------------------------------------------------------------------

@@ -47,19 +47,20 @@ unusual; counters are added in bulk.
 from __future__ import annotations
 
 import calendar
+import io
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from stormguard.features.headers import header_entropy, header_order_fingerprint
 
 from stormguard.report import ReplayStats
-from stormguard.schema import HEADER_NAME_SEP, RECORD_COLUMNS
+from stormguard.schema import HEADER_NAME_SEP, RECORD_COLUMNS, ColumnBatch
 
-__all__ = ["read_log", "register_format", "LOG_FORMATS", "JSON_FIELDS", "parse_clf_time", "detect_format"]
+__all__ = ["read_log", "read_log_chunks", "combined_batches", "register_format", "LOG_FORMATS", "JSON_FIELDS", "parse_clf_time", "detect_format"]
 
 _Q = r'"([^"\\]*(?:\\.[^"\\]*)*)"'  # a quoted field with backslash escapes
 _REQ = r'"(?:([^ "\\]+) ([^ "\\]+)(?: (HTTP/[0-9.]+))?|([^"\\]*(?:\\.[^"\\]*)*))"'  # method, target, version | raw request
@@ -272,6 +273,23 @@ def read_log(path: Path, stats: ReplayStats, *, fmt: str | re.Pattern[str] = "au
     ``progress`` is called with the number of bytes read since its previous call (``tqdm.update`` style, as
     the capture reader does), every 65,536 lines and at the end. ``stats.lines`` and ``stats.http_requests`` are updated as lines are read.
     """
+    for item in read_log_chunks(path, stats, fmt=fmt, fields=fields, progress=progress):
+        if isinstance(item, ColumnBatch):
+            yield from item.rows()
+        else:
+            yield item
+
+
+def read_log_chunks(path: Path, stats: ReplayStats, *, fmt: str | re.Pattern[str] = "auto",
+                    fields: Mapping[str, str] | None = None, progress: Callable[[int], None] | None = None,
+                    span: tuple[int, int] | None = None) -> Iterator[dict[str, Any] | ColumnBatch]:
+    """:func:`read_log`'s records, where the format has a column fast path (combined) as
+    :class:`~stormguard.schema.ColumnBatch` objects instead of one dict per line (what ``stormguard replay``
+    writes from); other formats yield row dicts.
+
+    ``span=(start, end)`` reads only the lines that begin in that byte range, which must start and end on line
+    boundaries (see :func:`line_spans`); line numbers then count from the span's first line (the caller adds
+    the lines before it)."""
     path = Path(path)
     name = path.name
     if isinstance(fmt, str) and fmt == "auto":
@@ -282,10 +300,10 @@ def read_log(path: Path, stats: ReplayStats, *, fmt: str | re.Pattern[str] = "au
             return
         fmt = detected
     if isinstance(fmt, str) and fmt == "jsonl":
-        yield from _read_jsonl(path, stats, fields or {}, progress)
+        yield from _read_jsonl(path, stats, fields or {}, progress, span)
         return
     if isinstance(fmt, str) and fmt == "combined":
-        yield from _read_combined(path, stats, progress)
+        yield from combined_batches(path, stats, progress, span=span)
         return
     if isinstance(fmt, str) and "(?P<" not in fmt:  # a format name; a pattern has named groups
         if fmt not in LOG_FORMATS:
@@ -294,7 +312,39 @@ def read_log(path: Path, stats: ReplayStats, *, fmt: str | re.Pattern[str] = "au
     else:
         pattern = re.compile(fmt) if isinstance(fmt, str) else fmt
         kind = "log-custom"
-    yield from _read_generic(path, stats, pattern, kind, progress)
+    yield from _read_generic(path, stats, pattern, kind, progress, span)
+
+
+def open_lines(path: Path, span: tuple[int, int] | None = None) -> IO[str]:
+    """The log as a text stream (UTF-8, a leading BOM dropped, undecodable bytes as U+FFFD, universal newlines);
+    with ``span``, only bytes ``start:end`` of it (read at once: spans are a few megabytes)."""
+    if span is None:
+        return open(path, encoding="utf-8-sig", errors="replace")
+    start, end = span
+    with open(path, "rb") as raw:
+        raw.seek(start)
+        data = raw.read(max(0, end - start))
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig" if start == 0 else "utf-8", errors="replace")
+
+
+def line_spans(path: Path, size: int) -> list[tuple[int, int]]:
+    """Byte ranges of about ``size`` bytes that cover the file, each ending just after a ``\\n`` (or at the end of
+    the file), so that every line lies in exactly one range and reading them in order reads the file."""
+    total = path.stat().st_size
+    spans: list[tuple[int, int]] = []
+    start = 0
+    with open(path, "rb") as fh:
+        while start < total:
+            target = start + max(1, size)
+            if target >= total:
+                spans.append((start, total))
+                break
+            fh.seek(target - 1)
+            fh.readline()  # to just after the next newline (the byte before target may be one itself)
+            end = min(fh.tell(), total)
+            spans.append((start, end))
+            start = end
+    return spans
 
 
 class _Progress:
@@ -334,12 +384,21 @@ def _bulk(stats: ReplayStats, lines: int, requests: int, progress: _Progress) ->
     progress.tick()
 
 
-def _read_combined(path: Path, stats: ReplayStats,
-                   progress: Callable[[int], None] | None) -> Iterator[dict[str, Any]]:
-    """Fast path for the combined format (the bench target: ≥ 200k lines/s).
+#: Columns the combined-format fast path fills per line (the others are constants of the file, or null).
+_COMBINED_COLUMNS = ("ts", "ts_end", "line", "src_ip", "method", "path", "http_version", "status", "bytes_out",
+                     "user_agent", "referer", "note")
+#: Lines per column batch of the fast path.
+BATCH_LINES = 16384
 
-    Everything the loop touches is a local; the time is two inlined dict lookups (see :class:`_TimeCache`);
-    requests are counted as lines minus the lines that gave no record."""
+
+def combined_batches(path: Path, stats: ReplayStats, progress: Callable[[int], None] | None = None,
+                     size: int = BATCH_LINES, span: tuple[int, int] | None = None) -> Iterator[ColumnBatch]:
+    """Fast path for the combined format (the bench target: ≥ 200k lines/s): records as column batches.
+
+    Each line appends its fields to the batch's column lists (no dict per line; the writer turns the lists
+    into Arrow arrays directly); the file name, source kind, transport and protocol are batch constants. The
+    time is two inlined dict lookups (see :class:`_TimeCache`); requests are counted as lines minus the lines
+    that gave no record. Salvaged lines (see the module docstring) join the batch through ``add_row``."""
     name = path.name
     match = _COMBINED.match
     to_ts = _TimeCache()
@@ -351,8 +410,19 @@ def _read_combined(path: Path, stats: ReplayStats,
     every = _PROGRESS_EVERY
     mark = n = lost = 0  # lost: lines since ``mark`` that gave no record
     tracker = _Progress(progress, path)
+    constants = {"source": name, "source_kind": "log-combined", "transport": "tcp", "proto": "http"}
+
+    def new_batch() -> ColumnBatch:
+        return ColumnBatch(_COMBINED_COLUMNS, constants, sparse=("note",))
+
+    batch = new_batch()
+    cols = batch.columns
+    a_ts, a_end, a_line, a_ip, a_method, a_path, a_ver, a_status, a_bytes, a_ua, a_ref, a_note = (
+        cols[c].append for c in _COMBINED_COLUMNS)
+    extras: list[tuple[Callable[[Any], None], Any]] = []
+    left = size
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        with open_lines(path, span) as fh:
             tracker.fh = fh
             for n, line in enumerate(fh, 1):
                 m = match(line)
@@ -360,65 +430,86 @@ def _read_combined(path: Path, stats: ReplayStats,
                     record = _salvage(line, n, name, "log-combined", stats, to_ts, _COMBINED_TAIL)
                     if record is None:
                         lost += 1
-                    else:
-                        yield record
-                    continue
-                host, when, method, target, version, raw, status, size, referer, ua = m.groups()
-                day = day_of(when[:12] + when[20:])
-                seconds = clock_of(when[12:20])
-                if day is None or seconds is None:
-                    ts = to_ts.learn(when)
-                    if ts is None:
-                        stats.warn(name, f"unreadable time {when!r}", line=n, field="time",
-                                   reason="log line unparseable (skipped)")
-                        lost += 1
                         continue
+                    batch.add_row(record)
+                    # a salvaged row may bring a column the fast rows do not fill (or turn a constant into a
+                    # column): from now on fast rows pad it with null (or the former constant)
+                    extras = [(batch.columns[c].append, constants.get(c)) for c in batch.columns
+                              if c not in _COMBINED_COLUMNS]
                 else:
-                    ts = day + seconds
-                if method is None:  # escaped characters, or not an HTTP request line at all
-                    rm = _REQUEST.match(_unescape(raw))
-                    if rm is None:
-                        note = f"request line not HTTP: {raw[:60]!r}"
+                    host, when, method, target, version, raw, status, size_, referer, ua = m.groups()
+                    day = day_of(when[:12] + when[20:])
+                    seconds = clock_of(when[12:20])
+                    if day is None or seconds is None:
+                        ts = to_ts.learn(when)
+                        if ts is None:
+                            stats.warn(name, f"unreadable time {when!r}", line=n, field="time",
+                                       reason="log line unparseable (skipped)")
+                            lost += 1
+                            continue
                     else:
-                        method, target, version = rm.groups()
+                        ts = day + seconds
+                    if method is None:  # escaped characters, or not an HTTP request line at all
+                        rm = _REQUEST.match(_unescape(raw))
+                        if rm is None:
+                            note = f"request line not HTTP: {raw[:60]!r}"
+                        else:
+                            method, target, version = rm.groups()
+                            note = None
+                    else:
                         note = None
-                else:
-                    note = None
-                if "\\" in line:
-                    ua = _unescape(ua)
-                    referer = _unescape(referer)
-                try:
-                    code = statuses[status]
-                except KeyError:
-                    code = int(status)
-                    if len(statuses) < 10_000:
-                        statuses[status] = code
-                try:
-                    body = sizes[size]
-                except KeyError:
-                    body = int(size)
-                    if len(sizes) < 100_000:
-                        sizes[size] = body
-                record = {
-                    "ts": ts, "ts_end": ts, "source": name, "source_kind": "log-combined", "line": n,
-                    "transport": "tcp", "proto": "http", "src_ip": None if host == "-" else host,
-                    "method": method, "path": target, "http_version": version, "status": code, "bytes_out": body,
-                    "user_agent": ua if ua and ua != "-" else None,
-                    "referer": referer if referer and referer != "-" else None,
-                }  # absent keys (session, note, ...) are null by the schema's convention
-                if note is not None:
-                    record["note"] = note
-                yield record
+                    if "\\" in line:
+                        ua = _unescape(ua)
+                        referer = _unescape(referer)
+                    try:
+                        code = statuses[status]
+                    except KeyError:
+                        code = int(status)
+                        if len(statuses) < 10_000:
+                            statuses[status] = code
+                    try:
+                        body = sizes[size_]
+                    except KeyError:
+                        body = int(size_)
+                        if len(sizes) < 100_000:
+                            sizes[size_] = body
+                    a_ts(ts)
+                    a_end(ts)
+                    a_line(n)
+                    a_ip(None if host == "-" else host)
+                    a_method(method)
+                    a_path(target)
+                    a_ver(version)
+                    a_status(code)
+                    a_bytes(body)
+                    a_ua(ua if ua and ua != "-" else None)
+                    a_ref(referer if referer and referer != "-" else None)
+                    a_note(note)
+                    if extras:
+                        for pad, value in extras:
+                            pad(value)
+                left -= 1
+                if not left:
+                    yield batch
+                    batch = new_batch()
+                    cols = batch.columns
+                    a_ts, a_end, a_line, a_ip, a_method, a_path, a_ver, a_status, a_bytes, a_ua, a_ref, a_note = (
+                        cols[c].append for c in _COMBINED_COLUMNS)
+                    extras = []
+                    left = size
                 if n - mark >= every:
                     _bulk(stats, n - mark, n - mark - lost, tracker)
                     mark, lost = n, 0
+        if len(batch):
+            yield batch
     finally:
         _bulk(stats, n - mark, n - mark - lost, tracker)
         tracker.finish()
 
 
 def _read_generic(path: Path, stats: ReplayStats, pattern: re.Pattern[str], kind: str,
-                  progress: Callable[[int], None] | None) -> Iterator[dict[str, Any]]:
+                  progress: Callable[[int], None] | None, span: tuple[int, int] | None = None
+                  ) -> Iterator[dict[str, Any]]:
     """Any named-group pattern (common, iliou, custom)."""
     name = path.name
     to_ts = _TimeCache()
@@ -426,7 +517,7 @@ def _read_generic(path: Path, stats: ReplayStats, pattern: re.Pattern[str], kind
     n = mark = requests_done = 0
     tracker = _Progress(progress, path)
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        with open_lines(path, span) as fh:
             tracker.fh = fh
             for n, line in enumerate(fh, 1):
                 m = pattern.match(line.rstrip("\r\n"))
@@ -630,7 +721,8 @@ _Plan = tuple[dict[str, tuple[str, ...]], tuple[tuple[str, tuple[str, ...]], ...
 
 
 def _read_jsonl(path: Path, stats: ReplayStats, fields: Mapping[str, str],
-                progress: Callable[[int], None] | None) -> Iterator[dict[str, Any]]:
+                progress: Callable[[int], None] | None, span: tuple[int, int] | None = None
+                ) -> Iterator[dict[str, Any]]:
     """JSON lines. The lines of one log share their field names, so which candidate names (see
     :data:`JSON_FIELDS`) can be present is worked out once per distinct key list (a *plan*), not tried per line."""
     name = path.name
@@ -670,7 +762,7 @@ def _read_jsonl(path: Path, stats: ReplayStats, fields: Mapping[str, str],
 
     tracker = _Progress(progress, path)
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        with open_lines(path, span) as fh:
             tracker.fh = fh
             for n, line in enumerate(fh, 1):
                 if n - mark >= _PROGRESS_EVERY:

@@ -62,7 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     stats = ReplayStats()
     rows = replay_to_file(args.inputs, out, stats, log_format=args.log_format,
                           log_fields=_parse_fields(args.log_field),
-                          show_progress=None if not args.no_progress else False)
+                          show_progress=None if not args.no_progress else False, jobs=args.jobs)
     _report(stats, started, args.verbose)
     print(f"wrote {rows} records to {out}", file=sys.stderr)
     if stats.files == 0:
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-field", action="append", metavar="COLUMN=NAME",
                    help="JSON-lines field for a record column, e.g. src_ip=client (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                   help="worker processes for large inputs (default: the CPUs available; 1 = this process only)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every located problem, not the first 20")
     p.set_defaults(func=cmd_replay)
 

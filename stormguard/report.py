@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 
@@ -62,6 +62,20 @@ class ReplayStats:
             self.problems.append(Problem(file, message, offset, line, field))
         else:
             self.skipped["problems not listed (limit reached)"] += 1
+
+    def merge(self, other: ReplayStats, *, line_offset: int = 0) -> None:
+        """Add ``other``'s counts and problems (from a worker that read part of a file); its line numbers are
+        shifted by ``line_offset``, the lines of the file before its part."""
+        for name in ("files", "files_refused", "packets", "lines", "connections", "client_hellos",
+                     "http_requests", "records"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.skipped.update(other.skipped)
+        for p in other.problems:
+            if len(self.problems) < self.max_problems:
+                self.problems.append(p if p.line is None or not line_offset
+                                     else replace(p, line=p.line + line_offset))
+            else:
+                self.skipped["problems not listed (limit reached)"] += 1
 
     def summary(self) -> str:
         parts = [

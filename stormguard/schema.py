@@ -134,6 +134,71 @@ def columns_table(columns: Mapping[str, Sequence[Any]], n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+class ColumnBatch:
+    """Records of one reader held as columns: the fast form for readers that emit many similar rows (log lines).
+
+    ``columns`` maps record columns to equally long lists (a reader's hot loop appends to them directly);
+    ``constants`` are columns with one value for every row of the batch (the file name, the source kind).
+    Rows that do not fit the usual shape (a salvaged log line with a ``note``) go through :meth:`add_row`, which
+    adds any new column (earlier rows null) and turns a constant into a real column when a row differs from it.
+    ``sparse`` columns are left out of :meth:`rows` dicts when null, as a reader building dicts would.
+    """
+
+    __slots__ = ("columns", "constants", "sparse")
+
+    def __init__(self, names: Iterable[str], constants: Mapping[str, Any] | None = None,
+                 sparse: Iterable[str] = ()) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in names}
+        self.constants: dict[str, Any] = dict(constants or {})
+        self.sparse = frozenset(sparse)
+
+    def __len__(self) -> int:
+        for values in self.columns.values():
+            return len(values)
+        return 0
+
+    def add_row(self, row: Mapping[str, Any]) -> None:
+        n = len(self)
+        for name, value in self.constants.items():
+            if name in row and row[name] != value:
+                self.columns[name] = [value] * n  # this row differs: the constant becomes a column
+        for name in [name for name in self.constants if name in self.columns]:
+            del self.constants[name]
+        for name in row.keys() - self.columns.keys() - self.constants.keys():
+            self.columns[name] = [None] * n
+        for name, values in self.columns.items():
+            values.append(row.get(name, self.constants.get(name)))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The batch as row dicts (the reader interface every consumer accepts)."""
+        names = list(self.columns)
+        consts = self.constants
+        out = []
+        sparse = [name for name in names if name in self.sparse]
+        for values in zip(*self.columns.values(), strict=True):
+            row = dict(zip(names, values, strict=True))
+            for name in sparse:
+                if row[name] is None:
+                    del row[name]
+            row.update(consts)
+            out.append(row)
+        return out
+
+    def table(self) -> pa.Table:
+        """The batch as an Arrow record table (:func:`columns_table`)."""
+        n = len(self)
+        columns: dict[str, Sequence[Any]] = dict(self.columns)
+        for name, value in self.constants.items():
+            columns[name] = [value] * n
+        return columns_table(columns, n)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self.columns, self.constants, self.sparse
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.columns, self.constants, self.sparse = state
+
+
 _INT_RANGE = {"Int16": 1 << 15, "Int32": 1 << 31, "Int64": 1 << 63}
 
 
@@ -239,6 +304,14 @@ class RecordWriter:
     def write(self, rows: list[Mapping[str, Any]]) -> None:
         if rows:
             self.write_table(records_table(rows))
+
+    def write_columns(self, batch: ColumnBatch) -> None:
+        if len(batch):
+            self.write_table(batch.table())
+
+    def write_part(self, part: Any) -> None:
+        """A :class:`stormguard.features.logsplit.TablePart` (records parsed by a worker process)."""
+        self.write_table(part.table())
 
     def write_table(self, table: pa.Table) -> None:
         self._writer.write_table(table)

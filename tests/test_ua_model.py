@@ -12,7 +12,7 @@ import math
 import os
 import subprocess
 import sys
-import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ def fitted() -> tuple[UAModel, pd.DataFrame]:
     return UAModel(n_clusters=6, random_state=0).fit(data["user_agent"], data["label"]), data
 
 
-def test_normalize_handles_garbage() -> None:
+def test_normalize_handles_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
     for value in GARBAGE:
         text = normalize_ua(value)
         assert isinstance(text, str)
@@ -93,9 +93,18 @@ def test_normalize_handles_garbage() -> None:
     assert "jndi:ldap" in normalize_ua(GARBAGE[8]), "exploit payloads are evidence: keep them as text"
     assert normalize_ua("ＭＯＺＩＬＬＡ／５．０") == "MOZILLA/5.0", "NFKC folds full-width evasions"
     assert normalize_ua("a\tb\r\nc") == "a b c"
-    started = time.perf_counter()
-    normalize_ua("x" * 50_000_000)
-    assert time.perf_counter() - started < 0.5, "a huge header must cost no more than a bounded one"
+    # a huge header costs no more than a bounded one: the expensive steps only ever see a bounded prefix
+    seen: list[int] = []
+    real = unicodedata.normalize
+
+    def spy(form: str, text: str) -> str:
+        seen.append(len(text))
+        return real(form, text)
+
+    monkeypatch.setattr(unicodedata, "normalize", spy)
+    assert normalize_ua("x" * 50_000_000) == "x" * MAX_UA_CHARS
+    assert normalize_ua(b"y" * 50_000_000) == "y" * MAX_UA_CHARS
+    assert seen and max(seen) <= 4 * MAX_UA_CHARS
 
 
 def test_labels() -> None:
@@ -141,9 +150,7 @@ def test_accepts_common_containers(fitted: tuple[UAModel, pd.DataFrame]) -> None
 
 def test_garbage_is_scored(fitted: tuple[UAModel, pd.DataFrame]) -> None:
     model, _ = fitted
-    started = time.perf_counter()
     out = model.transform(GARBAGE)
-    assert time.perf_counter() - started < 5
     assert out.shape == (len(GARBAGE), 3)
     assert np.isfinite(out).all()
     n_clusters = len(model.cluster_sizes_)
