@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -225,4 +226,145 @@ def test_top_prunes_only_members_still_without_hash(redis_server: RedisServer) -
         # a prune racing with a write: the member got its hash back, so it must stay ranked
         assert s.run(store._evalsha("prune", [z, x], [store.tag("live") + ":k:", "live"])) == 0
         assert r.zscore(z, "live") is not None
+        s.clear()
+
+
+# --- batch load: score-sorted windows, prepared ranks and TTLs, expiry tokens -----------------------------------
+
+def _edge_rows(n: int, seed: int) -> list[tuple[str, float]]:
+    """Unsorted continuous scores plus every boundary of ``rank`` and ``life`` (0, tiny, ±0.5, the idle/decay
+    crossover near ±1.19, ±100, clamped values); a non-ASCII key too."""
+    import random
+
+    rnd = random.Random(seed)
+    rows = [(f"r{i}", rnd.uniform(-100.0, 100.0)) for i in range(n)]
+    edges = [0.0, -0.0, 1e-13, -1e-13, 0.5, -0.5, 0.5000001, -0.5000001, 1.19, -1.19, 1.2, -1.2, 100.0, -100.0,
+             250.0, -250.0, 99.99999999999999]
+    rows += [(f"e{i}", v) for i, v in enumerate(edges)] + [("grüße-ключ", -42.5)]
+    rnd.shuffle(rows)
+    return rows
+
+
+def _state(r: redis.Redis, store: RedisStore, key: str) -> tuple[Any, ...]:
+    h, z, _ = store.keys_for(key)
+    raw = {b"b": b"0", b"u": b"0", **r.hgetall(h)}  # a load does not write b / u when they are unset
+    return ({f: float(v) if f in (b"s", b"t", b"b", b"u") else v for f, v in raw.items()}, r.zscore(z, key))
+
+
+@pytest.mark.parametrize("window", [2_000_000, 333, 0])
+def test_load_equals_sets_bit_for_bit(redis_server: RedisServer, window: int) -> None:
+    """Unsorted input, loaded in score-sorted windows (or streamed), leaves exactly what one ``set`` per row
+    leaves: the same hash fields, the same rank to the last bit (ranks and TTLs are prepared in Python for the
+    common case and by Lua otherwise: a clock ahead, a long block, reasons to keep), the same TTLs."""
+    r = redis.Redis.from_url(redis_server.url)
+    rows = _edge_rows(2000, seed=window)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as loaded, \
+            SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as setted:
+        for s in (loaded, setted):  # prior state: reasons, a long block, a clock ahead of the load, a short block
+            s.add("r5", -60, "storm", now=100.0, block_score=-50, block_seconds=300)
+            s.block("r6", 200.0 + 30 * 86400, "manual", now=150.0)
+            s.add("r7", 10, "good", now=500.0)
+            for i in range(6):
+                s.add("e3", -1, f"x{i}", now=150.0)
+        assert loaded.load_scores(rows, now=200.0, sort_window=window) == len(rows)
+        for k, v in rows:
+            setted.set(k, v, "model", now=200.0)
+        for k, _ in rows:
+            assert _state(r, loaded.store, k) == _state(r, setted.store, k), k
+            ttl_l, ttl_s = (r.ttl(s.store.keys_for(k)[0]) for s in (loaded, setted))
+            assert abs(ttl_l - ttl_s) <= 1, (k, ttl_l, ttl_s)
+        assert r.ttl(loaded.store.keys_for("r6")[0]) > 29 * 86400  # the block outlives the score: Lua's path
+        assert loaded.get("e3", now=300.0).reasons == ("x3", "x4", "x5", "model")
+        assert float(r.hget(loaded.store.keys_for("r7")[0], "t")) == 500.0  # the clock ahead of the load is kept
+        for worst in (True, False):
+            assert [e.key for e in loaded.top(50, worst, now=1e5)] == [e.key for e in setted.top(50, worst, now=1e5)]
+        assert loaded.count() == setted.count() == len(rows)
+        loaded.clear()
+        setted.clear()
+
+
+def test_load_buffers_at_most_one_window(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stormguard.scoring.stores import redis_store
+
+    sizes: list[int] = []
+    real = redis_store._Loader.window
+
+    async def spy(self: Any, keys: list[str], vals: Any, sort: bool) -> int:
+        sizes.append(len(keys))
+        return await real(self, keys, vals, sort)
+
+    monkeypatch.setattr(redis_store._Loader, "window", spy)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as s:
+        rows = ((f"w{i}", float((i * 7919) % 201 - 100)) for i in range(2500))
+        assert s.load_scores(rows, now=10.0, sort_window=1000) == 2500
+        assert sizes == [1000, 1000, 500]
+        sizes.clear()
+        assert s.load_scores(((f"w{i}", 1.0) for i in range(2500)), now=10.0, sort_window=0, chunk=100, depth=4) \
+            == 2500
+        assert max(sizes) <= 400  # streaming: one round trip's worth
+        assert s.get("w17", now=10.0).score == 1.0 and s.count() == 2500
+        with pytest.raises(ValueError, match="NaN"):
+            s.load_scores([("ok", 1.0), ("nan", float("nan"))], now=10.0)
+        s.clear()
+
+
+def test_load_tokens_keep_the_ranking_bounded(redis_server: RedisServer) -> None:
+    """A load gives ``:x`` one token per script call instead of one entry per key; due tokens are swept like
+    single entries, at most four members per write: expired members leave ``:z``, live ones get their own entry,
+    and the token goes with its emptied list."""
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0&idle_ttl=60")) as s:
+        store: RedisStore = s.store
+        _, z, x = store.keys_for("a")
+        rows = [(f"m{i}", 0.25 * (i % 3)) for i in range(25)]  # |score| <= 0.5: idle TTL, token due at 160
+        s.load_scores(rows, now=100.0, chunk=10)
+        tokens = r.zrange(x, 0, -1, withscores=True)
+        assert len(tokens) == 3 and all(m.startswith("\x1e") and m.endswith("@100.0") and v == 160.0
+                                        for m, v in tokens)
+        assert sorted(m for t, _ in tokens for m in r.lrange(x + t, 0, -1)) == sorted(k for k, _ in rows)
+        for i in range(20):  # m0..m19 expire; m20..m24 stay (as if rewritten or a clock behind Redis's)
+            r.delete(store.keys_for(f"m{i}")[0])
+        s.add("a", -1, now=150.0)  # nothing due yet
+        assert r.zcard(z) == 26 and r.zcard(x) == 4
+        s.add("a", -1, now=161.0)
+        assert r.zcard(z) == 26 - 4  # one write checks four members, no more
+        for _ in range(10):
+            s.add("a", -1, now=161.0)
+        assert sorted(r.zrange(z, 0, -1)) == sorted(["a", *(f"m{i}" for i in range(20, 25))])
+        assert sorted(r.zrange(x, 0, -1)) == sorted(["a", *(f"m{i}" for i in range(20, 25))])  # own entries now
+        assert not [k for k in r.scan_iter(match=x.replace("{", "\\{").replace("}", "\\}") + "*") if k != x]
+        assert [e.key for e in s.top(10, now=161.0)][0] == "a"
+        # a client key that merely looks like a token is swept as a key
+        s.add("\x1efake", -1, now=161.0)
+        r.delete(store.keys_for("\x1efake")[0])
+        for _ in range(3):  # the live members m20..m24 come first (re-queued at their real expiry)
+            s.add("a", -1, now=1e9)
+        assert r.zscore(z, "\x1efake") is None and r.zscore(x, "\x1efake") is None
+        s.clear()
+        assert not list(r.scan_iter(match=x.replace("{", "\\{").replace("}", "\\}") + "*"))
+
+
+def test_loads_drain_due_tokens_and_skip_rewritten_members(redis_server: RedisServer) -> None:
+    """Reloading the same keys with no other writes keeps ``:x`` and the token lists bounded: a load checks as many
+    due members as it writes, and a member written since its token's load is left to that later write's entry."""
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0&idle_ttl=60")) as s:
+        store: RedisStore = s.store
+        _, z, x = store.keys_for("a")
+        lists = x.replace("{", "\\{").replace("}", "\\}") + "\x1e*"
+        rows = [(f"m{i}", 0.25) for i in range(30)]
+        for day in range(1, 8):  # due after 60 s, reloaded every 100 s (the hashes live: real TTL 60 s)
+            s.load_scores(rows, now=100.0 * day, chunk=10)
+            assert r.zcard(z) == 30
+            # the previous load's tokens were due and every member was rewritten since: dropped, no own entries
+            assert r.zcard(x) == 3 and all(m.endswith(f"@{100.0 * day}") for m in r.zrange(x, 0, -1))
+            assert len(list(r.scan_iter(match=lists))) == 3
+        r.delete(*(store.keys_for(f"m{i}")[0] for i in range(10)))  # ten expire
+        s.load_scores(rows[10:], now=900.0, chunk=10)
+        assert sorted(r.zrange(z, 0, -1)) == sorted(k for k, _ in rows[10:])  # the first due token held m0..m9
+        assert r.zcard(x) == 3  # 20 keys loaded, 20 of 30 due members checked: one old token left
+        for day in range(10, 20):  # steady state: the backlog does not grow
+            s.load_scores(rows[10:], now=100.0 * day, chunk=10)
+            backlog = sum(r.llen(k) for k in r.scan_iter(match=lists))
+            assert r.zcard(z) == 20 and r.zcard(x) <= 3 and backlog <= 30
         s.clear()
