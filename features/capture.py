@@ -53,7 +53,10 @@ IDLE_TIMEOUT = 600.0
 CLOSED_GRACE = 30.0
 #: Open connections kept at most; beyond it the oldest are released.
 MAX_CONNS = 100_000
-SWEEP_EVERY = 1 << 17
+#: Packets between two sweeps for idle/closed connections, at least (and at least as many as there are open
+#: connections, so a sweep costs under one check per packet): frequent enough that rows of finished connections
+#: stream out while a long capture is read, instead of all at its end.
+SWEEP_EVERY = 1 << 14
 #: Young-generation GC threshold while parsing (CPython's default is 700).
 GC_GEN0 = 20_000
 
@@ -182,7 +185,7 @@ class _Capture:
         n = 0
         out: list[dict] = []
         watch, m32, half_range, http_first = WATCH, M32, HALF, _HTTP_FIRST
-        sweep_mask, max_conns = SWEEP_EVERY - 1, MAX_CONNS
+        sweep_every, max_conns = SWEEP_EVERY, MAX_CONNS
         check_mask = min(SWEEP_EVERY, 1024) - 1  # look at the connection count every 1024 packets
         frame_hdr = _ETH_IP4_L4.unpack_from
         tunnel_ports = _TUNNEL_PORTS
@@ -269,7 +272,7 @@ class _Capture:
                 if marks:
                     self.at = frame
                     yield None
-                if not n & sweep_mask or len(conns) > max_conns:
+                if n >= sweep_every and n >= len(conns) or len(conns) > max_conns:
                     pstats.packets += n
                     n = 0
                     done = list(self.sweep(ts))

@@ -35,8 +35,16 @@ MIN_BYTES = 24 << 20
 
 
 def spill_root() -> str | None:
-    """A RAM-backed folder for spill files when the system has one (``/dev/shm``), else the temp folder."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    """A RAM-backed folder for spill files when the system has one with room (``/dev/shm`` with 1 GB free; a
+    container's default 64 MB is not enough), else ``None`` (the temp folder)."""
+    import shutil
+
+    try:
+        if os.access("/dev/shm", os.W_OK) and shutil.disk_usage("/dev/shm").free >= 1 << 30:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return None
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,12 @@ def _wait_for_consumer(folder: str, limit: int) -> None:
     import time
 
     waited = 0.0
-    while len(os.listdir(folder)) > limit and waited < 600.0:  # the consumer removes what it has read
+    while waited < 600.0:  # the consumer removes what it has read
+        try:
+            if len(os.listdir(folder)) <= limit:
+                return
+        except OSError:  # no folder: parts come through the pipe
+            return
         time.sleep(0.005)
         waited += 0.005
 
@@ -182,9 +195,15 @@ def _read_span(task: tuple[str, tuple[int, int], Any, dict[str, str], str | None
         tables.append(records_table(rows))
     table = pa.concat_tables(tables) if tables else arrow_schema().empty_table()
     if target is not None:
-        with pa.OSFile(target, "wb") as out, pa.ipc.new_stream(out, table.schema) as writer:
-            writer.write_table(table)
-        return None, target, table.num_rows, stats
+        try:
+            with pa.OSFile(target, "wb") as out, pa.ipc.new_stream(out, table.schema) as writer:
+                writer.write_table(table)
+            return None, target, table.num_rows, stats
+        except OSError:  # no room in the spill folder: send this part through the pipe instead
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

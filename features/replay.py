@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 #: Rows per Arrow batch: large enough for fast conversion, small enough to keep memory flat on huge inputs.
 BATCH_ROWS = 65536
 #: Rows per message to the background writer: smaller, so that parsing and writing overlap well.
-PIPE_BATCH_ROWS = 8192
+PIPE_BATCH_ROWS = 1024
 
 Progress = Callable[[int], None]
 
@@ -123,13 +124,21 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any]:
     """Derive the header columns every source shares, so each is defined in one place."""
     names = row.get("header_names")
     if names:
-        split = names.split(HEADER_NAME_SEP) if isinstance(names, str) else list(names)
-        row["header_names"] = HEADER_NAME_SEP.join(split)
+        joined = names if isinstance(names, str) else HEADER_NAME_SEP.join(names)
+        entropy, order = _header_columns(joined)
+        row["header_names"] = joined
         if row.get("header_entropy") is None:
-            row["header_entropy"] = header_entropy(split)
+            row["header_entropy"] = entropy
         if row.get("header_order") is None:
-            row["header_order"] = header_order_fingerprint(split)
+            row["header_order"] = order
     return row
+
+
+@lru_cache(maxsize=8192)
+def _header_columns(joined: str) -> tuple[float, str]:
+    """Entropy and order fingerprint of one header-name list (clients repeat theirs: computed once per list)."""
+    split = joined.split(HEADER_NAME_SEP)
+    return header_entropy(split), header_order_fingerprint(split)
 
 
 def iter_records(inputs: Iterable[str | Path], stats: ReplayStats, *, log_format: str = "auto",

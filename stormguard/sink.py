@@ -13,6 +13,7 @@ send or the final close raises :class:`SinkError` with the child's message, and 
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pickle
@@ -34,6 +35,18 @@ _ABORT = b"A"
 
 class SinkError(RuntimeError):
     """The writer process failed; the message says why."""
+
+
+def _paused_gc(fn: Any, arg: Any) -> bytes:
+    """``fn(arg)`` without cyclic garbage collection: encoding creates thousands of short-lived tuples, and each
+    collection they trigger would walk every live object of the parser (its open connections)."""
+    if not gc.isenabled():
+        return fn(arg)
+    gc.disable()
+    try:
+        return fn(arg)
+    finally:
+        gc.enable()
 
 
 def _encode(rows: list[Mapping[str, Any]]) -> bytes:
@@ -172,7 +185,7 @@ class BackgroundRecordWriter:
         if not rows:
             return
         try:
-            self._conn.send_bytes(_encode(rows))
+            self._conn.send_bytes(_paused_gc(_encode, rows))
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
             raise SinkError(self._child_failure() or f"writer process gone ({exc})") from None
 

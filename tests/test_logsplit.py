@@ -181,3 +181,12 @@ def test_background_writer_takes_columns_and_parts(tmp_path: Path) -> None:
     a, b = read_records(tmp_path / "a.parquet"), read_records(tmp_path / "b.parquet")
     assert len(a) == sequential(path)[0].num_rows
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_unwritable_spill_folder_falls_back_to_the_pipe(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "access.log", combined_lines(1200))
+    stats = ReplayStats()
+    parts = list(read_log_parts(path, stats, fmt="combined", jobs=2, span_bytes=8192,
+                                spill_dir=tmp_path / "no-such-folder"))
+    assert parts and all(p.spill is None and p.ipc for p in parts)
+    assert_same(sequential(path), (pa.concat_tables([p.table() for p in parts]), stats))
