@@ -118,16 +118,16 @@ def test_outage_and_recovery(own_redis_server: RedisServer, caplog: pytest.LogCa
 
         own_redis_server.stop()
         answers = []
-        started = time.monotonic()
+        errors_before = store.errors
         for i in range(50):  # requests keep being answered, no exception
             answers.append(s.get("bad"))
             s.add(f"new{i}", -1, "outage")
-        elapsed = time.monotonic() - started
         assert store.degraded and store.metrics()["degraded"] == 1.0
         assert all(a.blocked(time.time()) for a in answers)  # fail-closed: the known block holds
         assert s.get("good").score == pytest.approx(30, abs=0.01)  # mirrored before the outage
         assert s.get("new3").score == pytest.approx(-1, abs=0.01)  # local updates during the outage
-        assert elapsed < 5, "calls must not each wait for a dead Redis"
+        # calls must not each try the dead Redis: one probe per retry_seconds, the rest go straight to the fallback
+        assert 1 <= store.errors - errors_before < 25 and store.fallback_calls >= 100
         engine = ReputationEngine(store, Config())  # what the server's gate calls: answers, no exception
         decision = s.run(engine.decide("bad"))
         assert decision.blocked and not decision.allow
