@@ -3,8 +3,8 @@
 A capture cannot be cut into byte ranges (a TCP connection, a fragmented datagram, a QUIC handshake spans the
 whole file), but its flows are independent: ``n`` forked readers each walk every packet and keep the flows whose
 addresses hash to their share (:class:`~.capture.CaptureReader` with ``shard=(k, n)``). Walking a packet that
-belongs to another share costs only its header decode, so two readers on two cores finish in about 60-70 % of
-one reader's time.
+belongs to another share costs only its header decode (about a third of the per-packet cost), so the split pays
+from three readers on (:data:`MIN_JOBS`); on two CPUs ``stormguard replay`` reads a capture in one process.
 
 The parent merges the shares back into one stream: every row carries the frame number at which its reader
 released it, readers also report the frame they have reached every 1,024 packets, and rows are passed on in
@@ -25,6 +25,9 @@ from typing import Any
 
 from stormguard.report import ReplayStats
 
+#: Readers needed before a split pays: each reader walks every packet, so on two CPUs (with the writer process
+#: beside them) two readers took the same wall time as one and 1.5x its CPU (bench/replay.py, 2026-11-27).
+MIN_JOBS = 3
 #: Rows per message from a reader (a mark without rows is sent every few marks).
 BATCH_ROWS = 512
 #: Marks (of 1,024 packets each) a reader may pass without telling the parent.

@@ -70,8 +70,8 @@ def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto"
                      ) -> Iterator[dict[str, Any] | ColumnBatch | TablePart]:
     """:func:`read_file`'s records, with column batches where the reader has that fast form (combined logs).
     Row dicts come out finished (:func:`finish_row`); column batches hold no header columns to derive. With
-    ``jobs`` > 1, a large capture is read by that many processes, each taking a share of the flows
-    (:mod:`.capsplit`), and a large line-oriented log is parsed by that many processes by byte range and comes as
+    ``jobs`` ≥ 3, a large capture is read by that many processes, each taking a share of the flows
+    (:mod:`.capsplit`); with ``jobs`` > 1, a large line-oriented log is parsed by that many processes by byte range and comes as
     :class:`~.logsplit.TablePart` objects (Arrow tables, in file order; see :mod:`.logsplit`)."""
     try:
         kind = sniff(path)
@@ -86,9 +86,10 @@ def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto"
     stats.files += 1
     rows: Iterable[dict[str, Any] | ColumnBatch]
     if kind in ("pcap", "pcapng"):
+        from .capsplit import MIN_JOBS
         from .logsplit import worth_splitting
 
-        if worth_splitting(path, jobs):
+        if jobs >= MIN_JOBS and worth_splitting(path, jobs):
             from .capsplit import read_capture_split
 
             rows = read_capture_split(path, stats, jobs=jobs, progress=progress)

@@ -69,7 +69,7 @@ def test_replay_to_file_with_reader_processes(corpus: Path, tmp_path: Path, monk
     monkeypatch.setattr(logsplit, "MIN_BYTES", 1)  # split every capture, however small
     inputs = [corpus / "pcap" / "foxio-ja4", corpus / "pcap" / "salesforce-ja3"]
     frames, summaries = [], []
-    for jobs in (1, 2):
+    for jobs in (1, 3):
         stats = ReplayStats()
         out = tmp_path / f"out{jobs}.parquet"
         replay_to_file(inputs, out, stats, jobs=jobs, show_progress=False)
@@ -80,6 +80,25 @@ def test_replay_to_file_with_reader_processes(corpus: Path, tmp_path: Path, monk
     assert len(frames[0]) > 100
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert summaries[0] == summaries[1]
+
+
+def test_two_jobs_read_a_capture_in_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On two CPUs a second reader costs as much as it saves: the capture stays in one process."""
+    import stormguard.features.capsplit as capsplit
+
+    monkeypatch.setattr(logsplit, "MIN_BYTES", 1)
+    used: list[int] = []
+    real = capsplit.read_capture_split
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        used.append(kwargs["jobs"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capsplit, "read_capture_split", spy)
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample.pcap"
+    for jobs in (2, 3):
+        replay_to_file([sample], tmp_path / f"s{jobs}.parquet", ReplayStats(), jobs=jobs, show_progress=False)
+    assert used == [3]
 
 
 def test_damaged_capture_split_keeps_everything_before_the_damage(corpus: Path, tmp_path: Path) -> None:
