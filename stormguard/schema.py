@@ -138,18 +138,21 @@ class ColumnBatch:
     """Records of one reader held as columns: the fast form for readers that emit many similar rows (log lines).
 
     ``columns`` maps record columns to equally long lists (a reader's hot loop appends to them directly);
-    ``constants`` are columns with one value for every row of the batch (the file name, the source kind).
-    Rows that do not fit the usual shape (a salvaged log line with a ``note``) go through :meth:`add_row`, which
-    adds any new column (earlier rows null) and turns a constant into a real column when a row differs from it.
-    ``sparse`` columns are left out of :meth:`rows` dicts when null, as a reader building dicts would.
+    ``constants`` are columns with one value for every row of the batch (the file name, the source kind), and
+    the default of a row that does not name them. Rows that do not fit the usual shape (a salvaged log line with a
+    ``note``) go through :meth:`add_row`, which adds any new column (earlier rows null) and turns a constant into
+    a real column when a row differs from it; a reader appending directly must then pad such columns (with the
+    constant's value, or null). ``sparse`` columns are left out of :meth:`rows` dicts when null, as a reader
+    building dicts would.
     """
 
-    __slots__ = ("columns", "constants", "sparse")
+    __slots__ = ("columns", "constants", "defaults", "sparse")
 
     def __init__(self, names: Iterable[str], constants: Mapping[str, Any] | None = None,
                  sparse: Iterable[str] = ()) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in names}
-        self.constants: dict[str, Any] = dict(constants or {})
+        self.defaults: dict[str, Any] = dict(constants or {})
+        self.constants: dict[str, Any] = dict(self.defaults)
         self.sparse = frozenset(sparse)
 
     def __len__(self) -> int:
@@ -159,15 +162,15 @@ class ColumnBatch:
 
     def add_row(self, row: Mapping[str, Any]) -> None:
         n = len(self)
-        for name, value in self.constants.items():
+        for name, value in list(self.constants.items()):
             if name in row and row[name] != value:
                 self.columns[name] = [value] * n  # this row differs: the constant becomes a column
-        for name in [name for name in self.constants if name in self.columns]:
-            del self.constants[name]
+                del self.constants[name]
         for name in row.keys() - self.columns.keys() - self.constants.keys():
-            self.columns[name] = [None] * n
+            self.columns[name] = [self.defaults.get(name)] * n
+        defaults = self.defaults
         for name, values in self.columns.items():
-            values.append(row.get(name, self.constants.get(name)))
+            values.append(row.get(name, defaults.get(name)))
 
     def rows(self) -> list[dict[str, Any]]:
         """The batch as row dicts (the reader interface every consumer accepts)."""
@@ -193,10 +196,10 @@ class ColumnBatch:
         return columns_table(columns, n)
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return self.columns, self.constants, self.sparse
+        return self.columns, self.constants, self.defaults, self.sparse
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.columns, self.constants, self.sparse = state
+        self.columns, self.constants, self.defaults, self.sparse = state
 
 
 _INT_RANGE = {"Int16": 1 << 15, "Int32": 1 << 31, "Int64": 1 << 63}

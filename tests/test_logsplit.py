@@ -190,3 +190,40 @@ def test_unwritable_spill_folder_falls_back_to_the_pipe(tmp_path: Path) -> None:
                                 spill_dir=tmp_path / "no-such-folder"))
     assert parts and all(p.spill is None and p.ipc for p in parts)
     assert_same(sequential(path), (pa.concat_tables([p.table() for p in parts]), stats))
+
+
+_ROW = st.fixed_dictionaries(
+    {"ts": st.floats(0, 1e9), "line": st.integers(1, 10**6)},
+    optional={"note": st.none() | st.text(max_size=5), "source": st.sampled_from(["a.log", "b.log"]),
+              "proto": st.sampled_from(["http", "tls"]), "session": st.none() | st.text(max_size=4),
+              "status": st.none() | st.integers(100, 599)})
+
+
+@settings(max_examples=80, deadline=None)
+@given(plan=st.lists(st.one_of(st.tuples(st.just("fast"), st.floats(0, 1e9), st.integers(1, 10**6)),
+                               st.tuples(st.just("row"), _ROW)), max_size=30))
+def test_column_batch_equals_the_rows_it_was_given(plan: list[tuple]) -> None:
+    """Fast appends (the reader's hot loop, padding any column a row added) mixed with add_row in any order: the
+    batch's rows and table are exactly the rows given, constants included."""
+    consts = {"source": "a.log", "proto": "http"}
+    batch = ColumnBatch(("ts", "line", "note"), consts, sparse=("note",))
+    expected: list[dict] = []
+    for step in plan:
+        if step[0] == "fast":
+            _, ts, line = step
+            batch.columns["ts"].append(ts)
+            batch.columns["line"].append(line)
+            batch.columns["note"].append(None)
+            for name, values in batch.columns.items():  # what combined_batches does for columns rows added
+                if name not in ("ts", "line", "note"):
+                    values.append(consts.get(name))
+            expected.append({"ts": ts, "line": line, **consts})
+        else:
+            row = step[1]
+            batch.add_row(row)
+            expected.append({**consts, **row})
+    assert len(batch) == len(expected)
+    got = batch.rows()
+    for g, e in zip(got, expected, strict=True):
+        assert {k: v for k, v in g.items() if v is not None} == {k: v for k, v in e.items() if v is not None}
+    assert batch.table().equals(records_table(expected) if expected else records_table([]))
