@@ -252,12 +252,12 @@ def bench_load(rep: Report, raw: Any, plain: Any, runs: int, load_keys: int) -> 
     raw.clear()
 
 
-def bench_load_only(rep: Report, url: str, runs: int, load_keys: int) -> None:
+def bench_load_only(rep: Report, url: str, runs: int, load_keys: int, shards: int = 1) -> None:
     import redis.asyncio as aioredis
     from stormguard.scoring.stores import open_store
     from stormguard.scoring.stores.sync import SyncStore
 
-    raw = SyncStore(open_store(f"{url}?prefix=bench&failover=0"))
+    raw = SyncStore(open_store(f"{url}?prefix=bench&failover=0&shards={shards}"))
     plain = aioredis.Redis.from_url(url)
     try:
         bench_load(rep, raw, plain, runs, load_keys)
@@ -328,7 +328,9 @@ def main() -> int:
     ap.add_argument("--redis", metavar="URL", help="use this Redis instead of starting one (keys under {bench})")
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--skip-footprint", action="store_true")
-    ap.add_argument("--load-only", action="store_true", help="only the Redis batch-load row (at --keys)")
+    ap.add_argument("--load-only", action="store_true", help="only the Redis batch-load rows (at --keys)")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="with --load-only: the store's shards (hash tags; smaller sorted sets, e.g. 16)")
     ap.add_argument("--quick", action="store_true", help="runs=3, 1/10 of the sizes")
     ap.add_argument("--footprint-child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -351,7 +353,7 @@ def main() -> int:
             proc, url = start_redis()
         try:
             if a.load_only:
-                bench_load_only(rep, url, a.runs, a.keys)
+                bench_load_only(rep, url, a.runs, a.keys, a.shards)
             else:
                 bench_redis(rep, url, a.runs, a.redis_ops, a.tasks, a.keys)
         finally:
