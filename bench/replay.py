@@ -431,6 +431,16 @@ def main(argv: list[str] | None = None) -> int:
         if msg not in notes:
             notes.append(msg)
 
+    def run_cli(what: str, inp: Path, out_pq: Path, log_name: str, jobs: str | None = None) -> Child | None:
+        """One ``stormguard replay`` child (``--jobs`` when given) into ``out_pq``; None (and a note) on failure."""
+        out_pq.unlink(missing_ok=True)
+        c = Child([*sg_cmd, "replay", "--no-progress", *(("--jobs", jobs) if jobs else ()), str(inp), "-o",
+                   str(out_pq)], work / log_name, a.timeout)
+        if c.ok:
+            return c
+        fail(what, c)
+        return None
+
     last_run = 0.0
     for run in range(1, a.runs + 1):
         t_run = time.perf_counter()
@@ -461,25 +471,19 @@ def main(argv: list[str] | None = None) -> int:
                     fail("pyja3", c)
             if have.get("cli"):
                 out_pq = work / "replay-capture.parquet"
-                out_pq.unlink(missing_ok=True)
-                c = Child([*sg_cmd, "replay", "--no-progress", str(pcap), "-o", str(out_pq)], work / "replay-capture.out", a.timeout)
-                if c.ok:
+                c = run_cli("stormguard replay (capture)", pcap, out_pq, "replay-capture.out")
+                if c is not None:
                     got = _read_parquet_keys(out_pq) if sg_keys is None or run == 1 else None
                     if got is not None:
                         sg_keys, sg_protos = got
                     n = sum(sg_keys.values()) if sg_keys is not None else None
                     record("stormguard replay (CLI)", c.wall, c.peak_mb, n, c.cpu)
                     print(f"  stormguard replay pcap  {c.wall:7.2f} s  peak {c.peak_mb:6.0f} MB  ClientHellos {n}")
-                else:
-                    fail("stormguard replay (capture)", c)
-                out_pq.unlink(missing_ok=True)
-                c = Child([*sg_cmd, "replay", "--no-progress", "--jobs", "1", str(pcap), "-o", str(out_pq)],
-                          work / "replay-capture-1.out", a.timeout)
-                if c.ok:
+                c = run_cli("stormguard replay --jobs 1 (capture)", pcap, out_pq, "replay-capture-1.out", "1")
+                if c is not None:
+                    n = sum(sg_keys.values()) if sg_keys is not None else None
                     record("stormguard replay --jobs 1 (CLI)", c.wall, c.peak_mb, n, c.cpu)
                     print(f"  stormguard replay -j1   {c.wall:7.2f} s  peak {c.peak_mb:6.0f} MB  (one process)")
-                else:
-                    fail("stormguard replay --jobs 1 (capture)", c)
             if have.get("read_capture"):
                 c, data = run_worker("capture", pcap, work, a.timeout)
                 if data:
@@ -513,21 +517,14 @@ def main(argv: list[str] | None = None) -> int:
                     fail("read_log", c)
             if have.get("cli"):
                 out_pq = work / "replay-log.parquet"
-                out_pq.unlink(missing_ok=True)
-                c = Child([*sg_cmd, "replay", "--no-progress", str(log), "-o", str(out_pq)], work / "replay-log.out", a.timeout)
-                if c.ok:
+                c = run_cli("stormguard replay (log)", log, out_pq, "replay-log.out")
+                if c is not None:
                     record("stormguard replay log (CLI)", c.wall, c.peak_mb, None, c.cpu)
                     print(f"  stormguard replay log   {c.wall:7.2f} s  peak {c.peak_mb:6.0f} MB")
-                else:
-                    fail("stormguard replay (log)", c)
-                out_pq.unlink(missing_ok=True)
-                c = Child([*sg_cmd, "replay", "--no-progress", "--jobs", "1", str(log), "-o", str(out_pq)],
-                          work / "replay-log-1.out", a.timeout)
-                if c.ok:
+                c = run_cli("stormguard replay --jobs 1 (log)", log, out_pq, "replay-log-1.out", "1")
+                if c is not None:
                     record("stormguard replay log --jobs 1 (CLI)", c.wall, c.peak_mb, None, c.cpu)
                     print(f"  stormguard replay log -j1 {c.wall:5.2f} s  peak {c.peak_mb:6.0f} MB  (one process)")
-                else:
-                    fail("stormguard replay --jobs 1 (log)", c)
         last_run = time.perf_counter() - t_run
 
     # ---- final table
