@@ -412,13 +412,12 @@ def combined_batches(path: Path, stats: ReplayStats, progress: Callable[[int], N
     tracker = _Progress(progress, path)
     constants = {"source": name, "source_kind": "log-combined", "transport": "tcp", "proto": "http"}
 
-    def new_batch() -> ColumnBatch:
-        return ColumnBatch(_COMBINED_COLUMNS, constants, sparse=("note",))
+    def new_batch() -> tuple[ColumnBatch, list[Callable[[Any], None]]]:
+        fresh = ColumnBatch(_COMBINED_COLUMNS, constants, sparse=("note",))
+        return fresh, [fresh.columns[c].append for c in _COMBINED_COLUMNS]
 
-    batch = new_batch()
-    cols = batch.columns
-    a_ts, a_end, a_line, a_ip, a_method, a_path, a_ver, a_status, a_bytes, a_ua, a_ref, a_note = (
-        cols[c].append for c in _COMBINED_COLUMNS)
+    batch, appenders = new_batch()
+    a_ts, a_end, a_line, a_ip, a_method, a_path, a_ver, a_status, a_bytes, a_ua, a_ref, a_note = appenders
     extras: list[tuple[Callable[[Any], None], Any]] = []
     left = size
     try:
@@ -491,10 +490,8 @@ def combined_batches(path: Path, stats: ReplayStats, progress: Callable[[int], N
                 left -= 1
                 if not left:
                     yield batch
-                    batch = new_batch()
-                    cols = batch.columns
-                    a_ts, a_end, a_line, a_ip, a_method, a_path, a_ver, a_status, a_bytes, a_ua, a_ref, a_note = (
-                        cols[c].append for c in _COMBINED_COLUMNS)
+                    batch, appenders = new_batch()
+                    a_ts, a_end, a_line, a_ip, a_method, a_path, a_ver, a_status, a_bytes, a_ua, a_ref, a_note = appenders
                     extras = []
                     left = size
                 if n - mark >= every:

@@ -83,10 +83,10 @@ def default_jobs() -> int:
     return max(1, min(8, cpus))
 
 
-def worth_splitting(path: Path, jobs: int, min_bytes: int | None = None) -> bool:
-    """Split ``path`` over ``jobs`` processes? (Two or more jobs, ``fork`` available, at least ``min_bytes``,
-    default :data:`MIN_BYTES`.)"""
-    if jobs < 2 or "fork" not in mp.get_all_start_methods():
+def worth_splitting(path: Path, jobs: int, min_bytes: int | None = None, min_jobs: int = 2) -> bool:
+    """Split ``path`` over ``jobs`` processes? (At least ``min_jobs`` jobs, ``fork`` available, at least
+    ``min_bytes``, default :data:`MIN_BYTES`.)"""
+    if jobs < min_jobs or "fork" not in mp.get_all_start_methods():
         return False
     try:
         return path.stat().st_size >= (MIN_BYTES if min_bytes is None else min_bytes)

@@ -89,7 +89,7 @@ def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto"
         from .capsplit import MIN_JOBS
         from .logsplit import worth_splitting
 
-        if jobs >= MIN_JOBS and worth_splitting(path, jobs):
+        if worth_splitting(path, jobs, min_jobs=MIN_JOBS):
             from .capsplit import read_capture_split
 
             rows = read_capture_split(path, stats, jobs=jobs, progress=progress)

@@ -65,11 +65,6 @@ def _encode(rows: list[Mapping[str, Any]]) -> bytes:
     return _ROWS + pickle.dumps(runs, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _encode_columns(batch: ColumnBatch) -> bytes:
-    """A column batch travels as it is: lists of plain values pickle fast and need no reshaping."""
-    return _COLUMNS + pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def _decode_tables(blob: bytes) -> list[Any]:
     """One Arrow table per message: runs are stitched column by column (a capture alternates key sets often)."""
     from stormguard.schema import columns_table
@@ -182,24 +177,20 @@ class BackgroundRecordWriter:
         return self
 
     def write(self, rows: list[Mapping[str, Any]]) -> None:
-        if not rows:
-            return
-        try:
-            self._conn.send_bytes(_paused_gc(_encode, rows))
-        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
-            raise SinkError(self._child_failure() or f"writer process gone ({exc})") from None
+        if rows:
+            self._send(_paused_gc(_encode, rows))
 
     def write_columns(self, batch: ColumnBatch) -> None:
-        if not len(batch):
-            return
-        try:
-            self._conn.send_bytes(_encode_columns(batch))
-        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
-            raise SinkError(self._child_failure() or f"writer process gone ({exc})") from None
+        """A column batch travels as it is: lists of plain values pickle fast and need no reshaping."""
+        if len(batch):
+            self._send(_COLUMNS + pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
 
     def write_part(self, part: TablePart) -> None:
+        self._send(_PART + pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _send(self, blob: bytes) -> None:
         try:
-            self._conn.send_bytes(_PART + pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+            self._conn.send_bytes(blob)
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
             raise SinkError(self._child_failure() or f"writer process gone ({exc})") from None
 
