@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from stormguard.server.tasks import cancel_tasks
+
 
 class AuditLog:
     """Bounded, asynchronous JSON-lines writer; ``path=None`` keeps records only for counting (disabled)."""
@@ -53,11 +55,8 @@ class AuditLog:
 
     async def stop(self) -> None:
         """Stop the drainer and write what is left (called at lifespan shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_tasks(self._task)
+        self._task = None
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self._write_batch, self._take())
         if self._file is not None and self._file is not sys.stderr:

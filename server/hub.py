@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from stormguard.server.history import AsyncHistoryBackend, Event, HistoryBackend, HistoryUnavailable
+from stormguard.server.tasks import cancel_tasks
 
 if TYPE_CHECKING:
     from stormguard.server.sse import Stream
@@ -188,11 +189,7 @@ class Hub:
             self._reader = loop.create_task(self._read_loop(), name="stormguard-hub-reader")
 
     async def stop(self) -> None:
-        for task in (self._ticker, self._reader):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_tasks(self._ticker, self._reader)
         self._ticker = self._reader = None
         if self.shared:
             await self.history.aclose()  # type: ignore[union-attr]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stormguard.features.online import OnlineClientFeatures
+from stormguard.server.tasks import cancel_tasks
 
 log = logging.getLogger("stormguard.live")
 
@@ -106,11 +107,8 @@ class LiveReputation:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stormguard-live-rules")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_tasks(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
 

@@ -8,8 +8,9 @@ before clients time out and reconnect together. One task per process, cost ~noth
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
+
+from stormguard.server.tasks import cancel_tasks
 
 
 class LoopMonitor:
@@ -31,11 +32,8 @@ class LoopMonitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stormguard-loopmon")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_tasks(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from typing import Any
 
 from stormguard.server.context import RequestContext
 from stormguard.server.gate import GateDecision
+from stormguard.server.tasks import cancel_tasks
 
 log = logging.getLogger("stormguard.reputation")
 
@@ -201,13 +202,9 @@ class ReputationService:
                                                                       name="stormguard-threshold"))
 
     async def stop(self) -> None:
-        import asyncio
         import contextlib
 
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(*self._tasks)
         self._tasks.clear()
         if self.live is not None:
             await self.live.stop()

@@ -46,6 +46,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from stormguard.server.tasks import cancel_tasks
+
 log = logging.getLogger("stormguard.model")
 
 __all__ = ["ModelScorer", "ScoredKey", "check_model", "default_model_path", "resolve_model"]
@@ -384,11 +386,8 @@ class ModelScorer:
 
     async def stop(self) -> None:
         """Cancel the task and drop what is pending (a shutdown does not wait for scikit-learn)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_tasks(self._task)
+        self._task = None
         self._pending.clear()
         rt = self._runtime
         if rt is not None:
