@@ -132,6 +132,19 @@ class CaptureReader:
         yield from cap.flush("open")
 
 
+def _recognise(half: Half, data: bytes) -> bool:
+    """Start a TLS or HTTP parser on ``half`` if ``data`` begins a ClientHello or a request (by content)."""
+    if looks_like_tls_client_start(data):
+        half.mode = TLS
+        half.parser = TlsClientStream()
+    elif looks_like_http_request(data):
+        half.mode = HTTP
+        half.parser = HttpRequestStream()
+    else:
+        return False
+    return True
+
+
 def _ip(b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
 
@@ -325,18 +338,12 @@ class _Capture:
             if half.parser is not None:  # a few bytes held back because they were too short to decide
                 data = half.parser + data
                 half.parser = None
-            if looks_like_tls_client_start(data):
-                half.mode = TLS
-                half.parser = TlsClientStream()
-            elif looks_like_http_request(data):
-                half.mode = HTTP
-                half.parser = HttpRequestStream()
-            elif len(data) < 8 and (data[0] == 0x16 or data[0] in _HTTP_FIRST):
-                half.parser = bytes(data)  # too short to decide: hold the bytes and wait for more
-                return
-            else:
-                half.mode = WATCH
-                half.hi_seq = half.next_seq
+            if not _recognise(half, data):
+                if len(data) < 8 and (data[0] == 0x16 or data[0] in _HTTP_FIRST):
+                    half.parser = bytes(data)  # too short to decide: hold the bytes and wait for more
+                else:
+                    half.mode = WATCH
+                    half.hi_seq = half.next_seq
                 return
             mode = half.mode
         parser = half.parser
@@ -353,13 +360,7 @@ class _Capture:
 
     def _start(self, half: Half, seq: int, payload: bytes, frame: int) -> None:
         """A segment in a watched direction starts with a TLS hello or an HTTP request: parse from here."""
-        if looks_like_tls_client_start(payload):
-            half.mode = TLS
-            half.parser = TlsClientStream()
-        elif looks_like_http_request(payload):
-            half.mode = HTTP
-            half.parser = HttpRequestStream()
-        else:
+        if not _recognise(half, payload):
             return
         half.start_stream(seq)
         self._tcp_data(half, seq, payload, frame)
