@@ -123,8 +123,25 @@ def as_bot_labels(y: Iterable[Any]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-class UANormalizer(TransformerMixin, BaseEstimator):
+class _TakesUAStrings:
+    """scikit-learn tags of the UA estimators: the input is a list of strings, not a 2-D array; ``_stateless``
+    steps need no fit."""
+
+    _stateless = False
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        if self._stateless:
+            tags.requires_fit = False
+        return tags
+
+
+class UANormalizer(_TakesUAStrings, TransformerMixin, BaseEstimator):
     """Pipeline step applying :func:`normalize_ua`; stateless, so ``fit`` only records the input count."""
+
+    _stateless = True
 
     def __init__(self, max_chars: int = MAX_UA_CHARS) -> None:
         self.max_chars = max_chars
@@ -136,12 +153,6 @@ class UANormalizer(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> list[str]:
         return [normalize_ua(v, self.max_chars) for v in _as_list(X)]
 
-    def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.requires_fit = False
-        return tags
 
 
 # Hand features: generic properties of how User-Agents are written (RFC 9110 product tokens, browser engine
@@ -213,8 +224,10 @@ def _hand_row(ua: str) -> list[float]:
     ]
 
 
-class UAHandFeatures(TransformerMixin, BaseEstimator):
+class UAHandFeatures(_TakesUAStrings, TransformerMixin, BaseEstimator):
     """Twenty interpretable properties of a (normalised) UA; stateless, dense float64 output."""
+
+    _stateless = True
 
     def fit(self, X: Any, y: Any = None) -> UAHandFeatures:
         self.n_features_in_ = 1
@@ -227,12 +240,6 @@ class UAHandFeatures(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(HAND_FEATURE_NAMES, dtype=object)
 
-    def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.requires_fit = False
-        return tags
 
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_.-]{1,30}")
@@ -245,7 +252,7 @@ def _tokens(ua: str) -> list[str]:
     return [t.strip(".-_") for t in _TOKEN.findall(ua.lower()) if t.strip(".-_") not in _NOT_INFORMATIVE]
 
 
-class UAModel(ClassifierMixin, TransformerMixin, BaseEstimator):
+class UAModel(_TakesUAStrings, ClassifierMixin, TransformerMixin, BaseEstimator):
     """User-Agent clusters and bot probability (``classes_ == [0, 1]``, 1 = bot).
 
     ``fit(X)`` without labels fits the features and clusters only; ``fit(X, y)`` also fits the calibrated
@@ -438,8 +445,3 @@ class UAModel(ClassifierMixin, TransformerMixin, BaseEstimator):
             "top_tokens": [" ".join(t) for t in self.cluster_top_tokens_],
         })
 
-    def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
