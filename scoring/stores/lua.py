@@ -20,6 +20,15 @@ hash has its entry (single or in a list) in ``:x``, so every member whose hash e
 from __future__ import annotations
 
 _COMMON = r"""
+local function push_reason(old, reason, maxr)
+  if reason == '' or maxr <= 0 then return old end
+  if old == '' then return reason end
+  local list = {}
+  for r in string.gmatch(old, '[^\31]+') do list[#list + 1] = r end
+  list[#list + 1] = reason
+  while #list > maxr do table.remove(list, 1) end
+  return table.concat(list, '\31')
+end
 local function fmt(v) return string.format('%.17g', v) end
 local function rank(s, t0, lam)
   if s > -1e-12 and s < 1e-12 then return 0 end
@@ -102,13 +111,7 @@ local function apply(h, z, x, member, now, op, val, reason, lam, bscore, bsec, m
   else
     return nil
   end
-  if reason ~= '' and maxr > 0 then
-    local list = {}
-    for r in string.gmatch(reasons, '[^\31]+') do list[#list + 1] = r end
-    list[#list + 1] = reason
-    while #list > maxr do table.remove(list, 1) end
-    reasons = table.concat(list, '\31')
-  end
+  reasons = push_reason(reasons, reason, maxr)
   redis.call('HSET', h, 's', fmt(s), 't', fmt(t), 'b', fmt(lastbad), 'u', fmt(u), 'r', reasons)
   local l = life(s, t, u, lam, idle)
   redis.call('EXPIRE', h, l)
@@ -155,17 +158,8 @@ for i = 1, n do
   members[i] = member
   local h = hprefix .. member
   local cur = redis.call('HMGET', h, 't', 'u', 'r')
-  local ts, reasons = nows, reason
-  local old = cur[3] or ''
-  if reason == '' or maxr <= 0 then
-    reasons = old
-  elseif old ~= '' then
-    local list = {}
-    for r in string.gmatch(old, '[^\31]+') do list[#list + 1] = r end
-    list[#list + 1] = reason
-    while #list > maxr do table.remove(list, 1) end
-    reasons = table.concat(list, '\31')
-  end
+  local ts = nows
+  local reasons = push_reason(cur[3] or '', reason, maxr)
   if cur[1] then
     local t0 = tonumber(cur[1])
     local u = tonumber(cur[2]) or 0
