@@ -99,7 +99,7 @@ def worker(kind: str, path: str, result: str, profile_top: int = 30) -> int:
         def result_fields() -> dict:
             return {"lines": n, "matched": matched}
     elif kind == "capture":
-        from stormguard.features.capture import read_capture
+        from stormguard.features.capture.reader import read_capture
 
         from stormguard.report import ReplayStats
 
@@ -121,7 +121,7 @@ def worker(kind: str, path: str, result: str, profile_top: int = 30) -> int:
                     "stats_client_hellos": stats.client_hellos, "stats_connections": stats.connections,
                     "skipped": dict(stats.skipped.most_common(12)), "keys": [[*k, v] for k, v in keys.items()]}
     elif kind == "log":
-        from stormguard.features.logs import read_log
+        from stormguard.features.logs.reader import read_log
 
         from stormguard.report import ReplayStats
 
@@ -244,7 +244,7 @@ def _stormguard_cmd() -> list[str]:
 PROBE = """
 import importlib, json, sys
 have = {}
-for mod, func in (("stormguard.features.capture", "read_capture"), ("stormguard.features.logs", "read_log")):
+for mod, func in (("stormguard.features.capture.reader", "read_capture"), ("stormguard.features.logs.reader", "read_log")):
     try:
         have[func] = callable(getattr(importlib.import_module(mod), func, None))
     except Exception as exc:

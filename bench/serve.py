@@ -72,8 +72,8 @@ def stormguard_app() -> Any:
     from stormguard.scoring.reputation import Reputation
     from stormguard.scoring.stores import open_store
     from stormguard.server.app import create_app
-    from stormguard.server.reputation_gate import ReputationGateAdapter
-    from stormguard.server.settings import ServerSettings
+    from stormguard.server.layers.reputation_gate import ReputationGateAdapter
+    from stormguard.server.ops.settings import ServerSettings
 
     from stormguard.config import Config
 

@@ -5,10 +5,10 @@ and report every skipped packet or line to a :class:`stormguard.report.ReplaySta
 input.
 
 * :mod:`.sniff` — what kind of file is this (by content, not by name)
-* :mod:`.capture` — pcap/pcapng → packets → flows → TLS / QUIC / DTLS / HTTP records
-* :mod:`.tls`, :mod:`.ja3`, :mod:`.ja4`, :mod:`.quic` — ClientHello parsing and fingerprints
-* :mod:`.logs`, :mod:`.har` — access logs (combined, common, JSON lines) and HAR files
-* :mod:`.headers` — header entropy and the header-order fingerprint
 * :mod:`.replay` — many inputs → one record table
-* :mod:`.windows` (batch) and :mod:`.online` (incremental) — the client feature vector, one definition
+* :mod:`.capture` — pcap/pcapng → packets → flows → TLS / QUIC / DTLS / HTTP records
+* :mod:`.tls` — ClientHello parsing, JA3, JA4
+* :mod:`.http` — header entropy, the header-order fingerprint, HTTP/1.x requests
+* :mod:`.logs` — access logs (combined, common, JSON lines, named formats) and HAR files
+* :mod:`.clients` — the client feature vector: one definition, computed in batch and online
 """

@@ -12,17 +12,16 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stormguard.report import ReplayStats
-from stormguard.schema import HEADER_NAME_SEP, ColumnBatch, RecordWriter, records_table, table_frame
-from stormguard.sink import BackgroundRecordWriter
+from stormguard.features.http.headers import finish_row
+from stormguard.features.logs.split import TablePart, default_jobs, spill_root
+from stormguard.features.sniff import describe_refusal, sniff
 
-from .headers import header_entropy, header_order_fingerprint
-from .logsplit import TablePart, default_jobs, spill_root
-from .sniff import describe_refusal, sniff
+from stormguard.report import ReplayStats
+from stormguard.schema import ColumnBatch, RecordWriter, records_table, table_frame
+from stormguard.sink import BackgroundRecordWriter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,24 +85,24 @@ def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto"
     stats.files += 1
     rows: Iterable[dict[str, Any] | ColumnBatch]
     if kind in ("pcap", "pcapng"):
-        from .capsplit import MIN_JOBS
-        from .logsplit import worth_splitting
+        from stormguard.features.capture.split import MIN_JOBS
+        from stormguard.features.logs.split import worth_splitting
 
         if worth_splitting(path, jobs, min_jobs=MIN_JOBS):
-            from .capsplit import read_capture_split
+            from stormguard.features.capture.split import read_capture_split
 
             rows = read_capture_split(path, stats, jobs=jobs, progress=progress)
         else:
-            from .capture import read_capture
+            from stormguard.features.capture.reader import read_capture
 
             rows = read_capture(path, stats, progress=progress)
     elif kind == "har":
-        from .har import read_har
+        from stormguard.features.logs.har import read_har
 
         rows = read_har(path, stats, progress=progress)
     else:
-        from .logs import detect_format, read_log_chunks
-        from .logsplit import read_log_parts, worth_splitting
+        from stormguard.features.logs.reader import detect_format, read_log_chunks
+        from stormguard.features.logs.split import read_log_parts, worth_splitting
 
         fmt = "jsonl" if kind == "jsonl" and log_format == "auto" else log_format
         if worth_splitting(path, jobs):
@@ -119,27 +118,6 @@ def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto"
     except Exception as exc:  # a reader bug must not cost the other inputs: keep what came before, say where
         stats.warn(str(path), f"internal error while reading ({type(exc).__name__}: {exc}); records before it "
                    "are kept, the rest of this file is skipped — please report this", reason="reader error")
-
-
-def finish_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Derive the header columns every source shares, so each is defined in one place."""
-    names = row.get("header_names")
-    if names:
-        joined = names if isinstance(names, str) else HEADER_NAME_SEP.join(names)
-        entropy, order = _header_columns(joined)
-        row["header_names"] = joined
-        if row.get("header_entropy") is None:
-            row["header_entropy"] = entropy
-        if row.get("header_order") is None:
-            row["header_order"] = order
-    return row
-
-
-@lru_cache(maxsize=8192)
-def _header_columns(joined: str) -> tuple[float, str]:
-    """Entropy and order fingerprint of one header-name list (clients repeat theirs: computed once per list)."""
-    split = joined.split(HEADER_NAME_SEP)
-    return header_entropy(split), header_order_fingerprint(split)
 
 
 def iter_records(inputs: Iterable[str | Path], stats: ReplayStats, *, log_format: str = "auto",

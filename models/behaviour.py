@@ -1,7 +1,7 @@
 """The behaviour model: client feature vectors → profile clusters, anomaly, (optional) bot classifier → reputation.
 
-Input is the per-client feature table of :mod:`stormguard.features.windows` (columns
-:data:`stormguard.features.vector.FEATURE_COLUMNS`), optionally with
+Input is the per-client feature table of :mod:`stormguard.features.clients.windows` (columns
+:data:`stormguard.features.clients.vector.FEATURE_COLUMNS`), optionally with
 
 - ``source_kind`` — which kind of source the rows were computed from (``log``, ``capture``, ``har``, ``live``; see
   :func:`source_family`). A log line is a *request*, a capture row a *connection*: the same number (20 "connections"
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Version of the behaviour feature definition; bundles record it together with the client-feature schema version
-#: (:data:`stormguard.features.vector.FEATURE_SCHEMA_VERSION`) and are refused when either changed.
+#: (:data:`stormguard.features.clients.vector.FEATURE_SCHEMA_VERSION`) and are refused when either changed.
 BEHAVIOUR_SCHEMA_VERSION = "behaviour-features/1"
 
 PROFILES = ("steady subscriber", "flapping reconnector", "scraper", "burst")

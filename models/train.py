@@ -5,7 +5,7 @@ The functions here are what ``stormguard train|evaluate|score`` and ``bench/trai
 - :func:`load_feature_table` reads any mix of inputs into one feature table with a ``source_kind`` column. Raw
   captures and logs are replayed first (:func:`stormguard.features.replay.replay`); records (from replays or
   files) are split by source family (:func:`~stormguard.models.behaviour.source_family`) and each family gets its
-  own :func:`~stormguard.features.windows.client_features` table, because a log line is a request and a capture
+  own :func:`~stormguard.features.clients.windows.client_features` table, because a log line is a request and a capture
   row a connection.
 - :func:`read_labels` reads ``key label`` pairs (the Iliou annotation format, or a CSV with ``key``/``label``).
 - :func:`train_model` fits a :class:`~stormguard.models.behaviour.ReputationModel` and :func:`save_model` /
@@ -32,7 +32,7 @@ BUNDLE_KIND = "behaviour"
 
 
 def _schema_version() -> str:
-    from stormguard.features.vector import FEATURE_SCHEMA_VERSION as VECTOR
+    from stormguard.features.clients.vector import FEATURE_SCHEMA_VERSION as VECTOR
 
     from .ua import FEATURE_SCHEMA_VERSION as UA
 
@@ -47,7 +47,7 @@ Progress = Callable[[str], None]
 
 def features_from_records(records: pd.DataFrame, key: str = "src_ip", window: float | None = None) -> pd.DataFrame:
     """Per source family, :func:`client_features` of that family's records, with a ``source_kind`` column."""
-    from stormguard.features.windows import client_features, features_frame
+    from stormguard.features.clients.windows import client_features, features_frame
 
     if not len(records):
         return features_frame([]).assign(source_kind=pd.Series([], dtype="string"))
@@ -86,7 +86,7 @@ def load_feature_table(inputs: Sequence[str | Path], *, key: str = "src_ip", win
                        show_progress: bool | None = None) -> pd.DataFrame:
     """Feature files are read as they are (their ``source_kind`` column, else ``source_kind``); record files and
     raw inputs (replayed together) are turned into features with ``key`` and ``window`` (None = whole input)."""
-    from stormguard.features.windows import read_features
+    from stormguard.features.clients.windows import read_features
 
     from stormguard.schema import read_records
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from stormguard.server.settings import ServerSettings
+from stormguard.server.ops.settings import ServerSettings
 
 if TYPE_CHECKING:
     from stormguard.server.app import StormguardApp

@@ -5,12 +5,12 @@
 Seams (keyword arguments of :func:`create_app`):
 
 * ``reputation_gate`` — ``async (RequestContext) -> GateDecision | None`` (see :mod:`gate`); default: no gate.
-* ``quota`` — a :class:`~stormguard.server.quota.StreamQuota`; default :class:`TieredStreamQuota` over
+* ``quota`` — a :class:`~stormguard.server.layers.quota.StreamQuota`; default :class:`TieredStreamQuota` over
   ``settings.tiers`` with ``tier_of`` (default: the tier the gate set, else ``settings.default_tier``).
 * ``observers`` — callables ``(kind, ctx, info)`` for per-connection events (``open``, ``first_byte``, ``close``,
   ``refusal``, ``eviction``): the online features and the reputation rules subscribe here.
-* ``history`` — a :class:`~stormguard.server.history.HistoryBackend` (memory by default; Redis Streams with ``history_url``).
-* ``reputation`` — a :class:`~stormguard.server.reputation_gate.ReputationService`: the store-backed gate (tier
+* ``history`` — a :class:`~stormguard.server.hub.history.HistoryBackend` (memory by default; Redis Streams with ``history_url``).
+* ``reputation`` — a :class:`~stormguard.server.layers.reputation_gate.ReputationService`: the store-backed gate (tier
   and score from the reputation store, blocks refused), the live rules fed by the observers and the dynamic
   threshold, with their background tasks. :func:`create_app_from_env` builds it from the config when
   ``settings.reputation`` is on.
@@ -38,25 +38,25 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from stormguard.server.audit import AuditLog
-from stormguard.server.breaker import BreakerMiddleware, CircuitBreaker
 from stormguard.server.context import RequestContext
-from stormguard.server.fastpath import BlockedFastPath
-from stormguard.server.fastpath import build as build_fast_path
-from stormguard.server.gate import ReputationGate, ReputationGateMiddleware
-from stormguard.server.history import AsyncHistoryBackend, HistoryBackend
-from stormguard.server.history_redis import history_from_url
-from stormguard.server.hub import Hub
-from stormguard.server.identity import IdentityMiddleware
-from stormguard.server.limiter import GcraBuckets, LimiterMiddleware
-from stormguard.server.loopmon import LoopMonitor
-from stormguard.server.metrics import BREAKER_STATES, Metrics
-from stormguard.server.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
-from stormguard.server.refuse import Refuser
-from stormguard.server.reputation_gate import ReputationService
-from stormguard.server.retry import RetryChooser
-from stormguard.server.settings import ServerSettings
-from stormguard.server.sse import RAW_SEND_KEY, EventsEndpoint, PublishEndpoint, Stream
+from stormguard.server.hub.history import AsyncHistoryBackend, HistoryBackend
+from stormguard.server.hub.history_redis import history_from_url
+from stormguard.server.hub.sse import RAW_SEND_KEY, EventsEndpoint, PublishEndpoint, Stream
+from stormguard.server.hub.topics import Hub
+from stormguard.server.layers.breaker import BreakerMiddleware, CircuitBreaker
+from stormguard.server.layers.fastpath import BlockedFastPath
+from stormguard.server.layers.fastpath import build as build_fast_path
+from stormguard.server.layers.gate import ReputationGate, ReputationGateMiddleware
+from stormguard.server.layers.identity import IdentityMiddleware
+from stormguard.server.layers.limiter import GcraBuckets, LimiterMiddleware
+from stormguard.server.layers.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
+from stormguard.server.layers.refuse import Refuser
+from stormguard.server.layers.reputation_gate import ReputationService
+from stormguard.server.layers.retry import RetryChooser
+from stormguard.server.ops.audit import AuditLog
+from stormguard.server.ops.loopmon import LoopMonitor
+from stormguard.server.ops.metrics import BREAKER_STATES, Metrics
+from stormguard.server.ops.settings import ServerSettings
 
 Observer = Callable[[str, RequestContext, dict[str, Any]], None]
 SSE_PATHS = ("/events",)
@@ -97,7 +97,7 @@ class Runtime:
         self.shared_limiter: Any = None
         if s.limiter_url:
             from prometheus_client import Counter
-            from stormguard.server.limiter_redis import RedisGcra
+            from stormguard.server.layers.limiter_redis import RedisGcra
 
             fallbacks = Counter("stormguard_limiter_fallbacks", "Limiter decisions made by the local buckets "
                                 "because the shared (Redis) limiter was unavailable", ["kind"], registry=m.registry)
@@ -243,7 +243,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         reputation.bind(rt)
     scorer = None
     if model is not None and reputation is not None:  # live model scoring, off the accept path (scoring_task.py)
-        from stormguard.server.scoring_task import ModelScorer
+        from stormguard.server.live.model import ModelScorer
 
         scorer = ModelScorer.for_runtime(model, rt, interval=s.model_interval)
     exempt = tuple(s.exempt_paths)
@@ -252,7 +252,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
                                   tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
     verifier = None
     if s.jwt_secret or s.jwt_public_key:
-        from stormguard.server.tenants import JwtVerifier, TenantStreamQuota
+        from stormguard.server.layers.tenants import JwtVerifier, TenantStreamQuota
 
         verifier = JwtVerifier(secret=s.jwt_secret, public_key=s.jwt_public_key, audience=s.jwt_audience,
                                issuer=s.jwt_issuer, leeway=s.jwt_leeway, tenant_claim=s.tenant_claim)
@@ -278,7 +278,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         middleware.append(Middleware(ReputationGateMiddleware, gate=reputation_gate, refuser=rt.refuser,
                                      exempt_paths=exempt, paths=gate_paths))
     if verifier is not None:
-        from stormguard.server.tenants import TenantMiddleware
+        from stormguard.server.layers.tenants import TenantMiddleware
 
         middleware.append(Middleware(TenantMiddleware, verifier=verifier, refuser=rt.refuser,
                                      paths=tuple(s.jwt_paths), required=s.jwt_required,
@@ -390,7 +390,7 @@ def create_app_from_env() -> Starlette:
         from stormguard.config import load_config
 
         reputation = ReputationService.from_config(load_config(), settings)
-    from stormguard.server.scoring_task import resolve_model
+    from stormguard.server.live.model import resolve_model
 
     model = resolve_model(settings.model) if settings.reputation and settings.live_rules else None
     return create_app(settings, reputation=reputation, model=model)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from stormguard.server.settings import ENV_VAR, ServerSettings, server_tiers_from
+from stormguard.server.ops.settings import ENV_VAR, ServerSettings, server_tiers_from
 
 from stormguard.config import CONFIG_ENV, Config, ConfigError, load_config
 
@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, publish_token=token)
     # Workers re-import the factory: hand everything over through the environment.
     from stormguard.models.bundle import BundleError
-    from stormguard.server.scoring_task import check_model, resolve_model
+    from stormguard.server.live.model import check_model, resolve_model
 
     if args.no_model or args.model:
         settings = dataclasses.replace(settings, model="none" if args.no_model else str(Path(args.model).resolve()))

@@ -72,7 +72,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from stormguard.features.windows import build_features
+    from stormguard.features.clients.windows import build_features
 
     out = Path(args.output)
     _check_output(out)
@@ -84,8 +84,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """replay → features → score (bundled model) → reputation store, on the inputs (default: the bundled sample)."""
+    from stormguard.features.clients.windows import client_features
     from stormguard.features.replay import replay
-    from stormguard.features.windows import client_features
     from stormguard.schema import write_records
 
     inputs = args.inputs or [str(_default_sample())]
@@ -144,7 +144,7 @@ def _score_into_store(records: object, model_path: Path, out_dir: Path, store_ur
     scores = model.score_frame(features_from_records(records, key=key, window=window))  # type: ignore[arg-type]
     scores_path = out_dir / "scores.parquet"
     scores.to_parquet(scores_path, index=False)
-    from stormguard.features.windows import client_features
+    from stormguard.features.clients.windows import client_features
 
     config = load_config(None)
     # Everything happens "as of the end of the input": the model's scores and the rules' deductions are written

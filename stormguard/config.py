@@ -202,7 +202,7 @@ SERVER_SETTINGS_ENV = "STORMGUARD_SERVER_SETTINGS"   # JSON hand-over from ``sto
 
 @dataclass
 class ServerConfig:
-    """``[server]``: every knob of ``stormguard serve`` (``stormguard.server.settings.ServerSettings``).
+    """``[server]``: every knob of ``stormguard serve`` (``stormguard.server.ops.settings.ServerSettings``).
 
     Mutable on purpose (tests and embedding apps adjust one field); defaults are DESIGN.md's. Environment:
     ``STORMGUARD_SERVER_<FIELD>``.

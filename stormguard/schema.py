@@ -63,7 +63,7 @@ RECORD_COLUMNS: dict[str, str] = {
     "referer": "string",
     "header_names": "string",
     "header_entropy": "float64",
-    "header_order": "string",  # our own header-order fingerprint (see stormguard.features.headers)
+    "header_order": "string",  # our own header-order fingerprint (see stormguard.features.http.headers)
     "bytes_in": "Int64",  # bytes from the client (payload), when known
     "bytes_out": "Int64",  # bytes to the client (payload / response size), when known
     "packets": "Int64",
@@ -313,7 +313,7 @@ class RecordWriter:
             self.write_table(batch.table())
 
     def write_part(self, part: Any) -> None:
-        """A :class:`stormguard.features.logsplit.TablePart` (records parsed by a worker process)."""
+        """A :class:`stormguard.features.logs.split.TablePart` (records parsed by a worker process)."""
         self.write_table(part.table())
 
     def write_table(self, table: pa.Table) -> None:

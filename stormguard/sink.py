@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stormguard.features.logsplit import TablePart
+    from stormguard.features.logs.split import TablePart
     from stormguard.schema import ColumnBatch
 
 _ROWS = b"R"

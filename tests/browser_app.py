@@ -56,9 +56,9 @@ def _observer(records: deque[dict[str, Any]]) -> Any:
 def browser_app() -> Any:
     """The app with the demo page, a connection log and a file-controlled block list."""
     from stormguard.server.app import create_app
-    from stormguard.server.gate import GateDecision
-    from stormguard.server.page import page_routes
-    from stormguard.server.settings import ServerSettings
+    from stormguard.server.hub.page import page_routes
+    from stormguard.server.layers.gate import GateDecision
+    from stormguard.server.ops.settings import ServerSettings
 
     block_file = os.environ.get(BLOCK_FILE_ENV)
 
@@ -82,8 +82,8 @@ def storm_app() -> Any:
     an admitted publish); the gate only enforces the blocks the observer set.
     """
     from stormguard.server.app import create_app
-    from stormguard.server.gate import GateDecision
-    from stormguard.server.settings import ServerSettings
+    from stormguard.server.layers.gate import GateDecision
+    from stormguard.server.ops.settings import ServerSettings
 
     block_after = int(os.environ.get(BLOCK_AFTER_ENV, "20"))
     window, block_for = 10.0, 300.0

@@ -244,8 +244,8 @@ def seamed_app() -> Any:
     127.0.0.66 is blocked; 127.0.0.67 is tier *low* (1 stream, short lifetime); 127.0.0.68 is *trusted*.
     """
     from stormguard.server.app import create_app
-    from stormguard.server.gate import GateDecision
-    from stormguard.server.settings import ServerSettings, TierLimits
+    from stormguard.server.layers.gate import GateDecision
+    from stormguard.server.ops.settings import ServerSettings, TierLimits
 
     async def gate(ctx: Any) -> GateDecision | None:
         ip = ctx.identity.ip

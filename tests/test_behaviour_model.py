@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from stormguard.features.windows import client_features
+from stormguard.features.clients.windows import client_features
 from stormguard.models.behaviour import (
     BehaviourModel,
     LiveScorer,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from stormguard.features import logsplit
-from stormguard.features.capsplit import read_capture_split
-from stormguard.features.capture import CaptureReader, read_capture
+from stormguard.features.capture.reader import CaptureReader, read_capture
+from stormguard.features.capture.split import read_capture_split
+from stormguard.features.logs import split as logsplit
 from stormguard.features.replay import replay_to_file
 
 from stormguard.report import ReplayStats
@@ -84,7 +84,7 @@ def test_replay_to_file_with_reader_processes(corpus: Path, tmp_path: Path, monk
 
 def test_two_jobs_read_a_capture_in_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On two CPUs a second reader costs as much as it saves: the capture stays in one process."""
-    import stormguard.features.capsplit as capsplit
+    import stormguard.features.capture.split as capsplit
 
     monkeypatch.setattr(logsplit, "MIN_BYTES", 1)
     used: list[int] = []

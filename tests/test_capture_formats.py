@@ -6,9 +6,9 @@ import struct
 from pathlib import Path
 
 import pytest
-import stormguard.features.capture as capture
-from stormguard.features.capture import read_capture
-from stormguard.features.pcapfile import iter_packets
+import stormguard.features.capture.reader as capture
+from stormguard.features.capture.files import iter_packets
+from stormguard.features.capture.reader import read_capture
 from test_tls_builders import (
     ACK,
     SYN,

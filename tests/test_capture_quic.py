@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stormguard.features.capture import read_capture
+from stormguard.features.capture.reader import read_capture
 from test_tls_builders import CHROME_JA4, chrome_like_hello, eth, ipv4, udp, write_pcap
 
 from stormguard.report import ReplayStats
 
-quic = pytest.importorskip("stormguard.features.quic")
+quic = pytest.importorskip("stormguard.features.capture.quic")
 aead = pytest.importorskip("cryptography.hazmat.primitives.ciphers.aead")
 ciphers = pytest.importorskip("cryptography.hazmat.primitives.ciphers")
 

@@ -6,7 +6,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from stormguard.features.capture import read_capture
+from stormguard.features.capture.reader import read_capture
 from test_tls_builders import (
     ACK,
     CHROME_JA4,
@@ -389,10 +389,10 @@ def test_capture_reader_stays_light() -> None:
     import subprocess
     import sys
 
-    code = "import sys, stormguard.features.capture; print('pandas' in sys.modules)"
+    code = "import sys, stormguard.features.capture.reader; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
-    from stormguard.features import capture
+    from stormguard.features.capture import reader as capture
 
     from stormguard.schema import TLS_VERSION_SEP
 

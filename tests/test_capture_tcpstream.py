@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from stormguard.features.tcpstream import MAX_OOO_BYTES, TLS, WATCH, Conn, OooBudget
+from stormguard.features.capture.tcpstream import MAX_OOO_BYTES, TLS, WATCH, Conn, OooBudget
 
 
 def _half(budget: OooBudget | None = None):

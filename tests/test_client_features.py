@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from stormguard.features import vector as fv
-from stormguard.features.logs import read_log
-from stormguard.features.online import OnlineClientFeatures
-from stormguard.features.windows import build_features, client_features, features_frame, read_features
+from stormguard.features.clients import vector as fv
+from stormguard.features.clients.online import OnlineClientFeatures
+from stormguard.features.clients.windows import build_features, client_features, features_frame, read_features
+from stormguard.features.logs.reader import read_log
 
 from stormguard.report import ReplayStats
 from stormguard.schema import records_frame, write_records
@@ -133,7 +133,7 @@ def test_header_entropy_and_order_from_names() -> None:
             {"ts": 2.0, "src_ip": "a", "header_names": "Host,User-Agent,Accept", "header_entropy": 1.0},
             {"ts": 3.0, "src_ip": "a"}]
     row = both(recs).iloc[0]
-    from stormguard.features.headers import header_entropy, header_order_fingerprint
+    from stormguard.features.http.headers import header_entropy, header_order_fingerprint
 
     names = ["Host", "User-Agent", "Accept"]
     assert row["header_entropy_mean"] == pytest.approx((header_entropy(names) + 1.0) / 2)
@@ -211,7 +211,7 @@ def test_online_has_no_pandas() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import stormguard.features.online as o; "
+    code = ("import sys; import stormguard.features.clients.online as o; "
             "o.OnlineClientFeatures().observe({'ts': 1.0, 'src_ip': 'a', 'header_names': 'Host'}); "
             "sys.exit(1 if 'pandas' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

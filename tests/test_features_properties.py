@@ -15,9 +15,9 @@ from unittest.mock import patch
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stormguard.features import vector as fv
-from stormguard.features.online import OnlineClientFeatures
-from stormguard.features.windows import client_features
+from stormguard.features.clients import vector as fv
+from stormguard.features.clients.online import OnlineClientFeatures
+from stormguard.features.clients.windows import client_features
 
 from stormguard.schema import records_frame
 

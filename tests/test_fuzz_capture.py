@@ -13,7 +13,7 @@ import pytest
 from conftest import corpus_root
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stormguard.features.capture import read_capture
+from stormguard.features.capture.reader import read_capture
 from test_tls_builders import (
     chrome_like_hello,
     client_hello,

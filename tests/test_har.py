@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from stormguard.features.har import normalise_http_version, read_har
-from stormguard.features.headers import header_entropy, header_order_fingerprint
+from stormguard.features.http.headers import header_entropy, header_order_fingerprint
+from stormguard.features.logs.har import normalise_http_version, read_har
 
 from stormguard.report import ReplayStats
 from stormguard.schema import records_frame

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from stormguard.features.headers import (
+from stormguard.features.http.headers import (
     VOLATILE_HEADERS,
     header_entropy,
     header_order_fingerprint,

@@ -2,8 +2,8 @@
 
 from hashlib import md5
 
-from stormguard.features.ja3 import ja3, ja3_string
-from stormguard.features.tls import parse_client_hello, parse_sslv2_client_hello
+from stormguard.features.tls.clienthello import parse_client_hello, parse_sslv2_client_hello
+from stormguard.features.tls.ja3 import ja3, ja3_string
 from test_tls_builders import (
     chrome_like_hello,
     client_hello,

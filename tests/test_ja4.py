@@ -3,8 +3,8 @@
 from hashlib import sha256
 
 import pytest
-from stormguard.features.ja4 import ja4
-from stormguard.features.tls import parse_client_hello, parse_sslv2_client_hello
+from stormguard.features.tls.clienthello import parse_client_hello, parse_sslv2_client_hello
+from stormguard.features.tls.ja4 import ja4
 from test_tls_builders import (
     CHROME_JA4,
     CHROME_JA4_R,

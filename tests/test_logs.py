@@ -7,7 +7,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from stormguard.features.logs import LOG_FORMATS, detect_format, parse_clf_time, read_log, register_format
+from stormguard.features.logs.reader import (
+    LOG_FORMATS,
+    detect_format,
+    parse_clf_time,
+    read_log,
+    register_format,
+)
 
 from stormguard.report import ReplayStats
 from stormguard.schema import RECORD_COLUMNS, records_frame
@@ -197,7 +203,7 @@ def test_bom_crlf_invalid_utf8_and_nginx_main_extras(tmp_path: Path) -> None:
 
 def test_time_cache_agrees_with_parse_clf_time() -> None:
     """The split date/clock cache of the fast paths gives parse_clf_time's value, or defers to it, for every string."""
-    from stormguard.features.logs import _TimeCache
+    from stormguard.features.logs.clftime import _TimeCache
 
     cache = _TimeCache()
     texts = ["17/May/2015:10:05:03 +0000", "10/Oct/2000:13:55:36 -0700", "29/Feb/2024:23:59:59 +0530",

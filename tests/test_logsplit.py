@@ -11,10 +11,12 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stormguard.features import logsplit
-from stormguard.features.logs import detect_format, line_spans, read_log
-from stormguard.features.logsplit import read_log_parts
-from stormguard.features.replay import finish_row, replay, replay_to_file
+from stormguard.features.http.headers import finish_row
+from stormguard.features.logs import split as logsplit
+from stormguard.features.logs.lines import line_spans
+from stormguard.features.logs.reader import detect_format, read_log
+from stormguard.features.logs.split import read_log_parts
+from stormguard.features.replay import replay, replay_to_file
 
 from stormguard.report import ReplayStats
 from stormguard.schema import ColumnBatch, read_records, records_table
@@ -167,7 +169,7 @@ def test_column_batch_rows_and_table_agree() -> None:
 
 def test_background_writer_takes_columns_and_parts(tmp_path: Path) -> None:
     path = write_log(tmp_path / "access.log", combined_lines(600))
-    from stormguard.features.logs import read_log_chunks
+    from stormguard.features.logs.reader import read_log_chunks
 
     items = list(read_log_chunks(path, ReplayStats()))
     assert items and all(isinstance(i, ColumnBatch) for i in items)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 from conftest import PROJECT_ROOT
+from stormguard.features.clients.windows import client_features
 from stormguard.features.replay import replay
-from stormguard.features.windows import client_features
 
 
 def test_pipeline_on_the_bundled_sample(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stormguard.features.capture import read_capture
+from stormguard.features.capture.reader import read_capture
 
 from stormguard.report import ReplayStats
 

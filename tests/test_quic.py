@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stormguard.features.quic import (
+from stormguard.features.capture.quic import (
     QUIC_V1,
     QUIC_V2,
     QuicInitialTracker,
@@ -27,7 +27,7 @@ from stormguard.features.quic import (
 )
 
 try:  # the TLS parser is written in parallel; fall back to a byte search for the SNI when it is not there
-    from stormguard.features.tls import parse_client_hello
+    from stormguard.features.tls.clienthello import parse_client_hello
 except ImportError:  # pragma: no cover - depends on the state of the tree
     parse_client_hello = None
 

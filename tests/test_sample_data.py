@@ -298,7 +298,7 @@ def _reader(module: str, name: str):
 
 
 def test_read_capture_finds_the_same_client_hellos(capture: Capture) -> None:
-    rows = _reader("stormguard.features.capture", "read_capture")(PCAP)
+    rows = _reader("stormguard.features.capture.reader", "read_capture")(PCAP)
     theirs: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         if r.get("ja3"):
@@ -314,7 +314,7 @@ def test_read_capture_finds_the_same_client_hellos(capture: Capture) -> None:
 
 
 def test_read_log_reads_every_line(log_lines: list[re.Match], jsonl: list[dict]) -> None:
-    read = _reader("stormguard.features.logs", "read_log")
+    read = _reader("stormguard.features.logs.reader", "read_log")
     rows = read(LOG, fmt="auto")
     assert len(rows) == len(log_lines)
     assert [r["src_ip"] for r in rows] == [m["addr"] for m in log_lines]

@@ -186,7 +186,7 @@ def test_page_routes_serve_a_static_page() -> None:
 
     import httpx
     from starlette.applications import Starlette
-    from stormguard.server.page import page_routes
+    from stormguard.server.hub.page import page_routes
 
     async def fetch() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=Starlette(routes=page_routes(("/", "/demo"))))

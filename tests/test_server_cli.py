@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from stormguard.server.cli import load_settings, register
-from stormguard.server.settings import ServerSettings, TierLimits
+from stormguard.server.ops.settings import ServerSettings, TierLimits
 
 
 def test_register_adds_serve() -> None:

@@ -13,7 +13,7 @@ import pytest
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401 - fixture
 from server_harness import PROJECT_ROOT, SSEClient, running_server
 from stormguard.server.cli import load_config_and_settings
-from stormguard.server.settings import ServerSettings, TierLimits
+from stormguard.server.ops.settings import ServerSettings, TierLimits
 
 from stormguard.config import Config, ConfigError, load_config
 

@@ -15,8 +15,8 @@ from server_harness import SSEClient, running_server
 from stormguard.scoring.engine import ReputationEngine
 from stormguard.scoring.stores import open_store
 from stormguard.server.context import ClientIdentity, RequestContext
-from stormguard.server.live import LiveReputation
-from stormguard.server.reputation_gate import ReputationGateAdapter
+from stormguard.server.layers.reputation_gate import ReputationGateAdapter
+from stormguard.server.live.rules import LiveReputation
 
 from stormguard.config import Config
 

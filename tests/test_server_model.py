@@ -13,11 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from stormguard.features.online import OnlineClientFeatures
+from stormguard.features.clients.online import OnlineClientFeatures
 from stormguard.models.bundle import BundleError, read_manifest
 from stormguard.scoring.engine import ReputationEngine
 from stormguard.scoring.stores.memory import MemoryStore
-from stormguard.server.scoring_task import ModelScorer, default_model_path
+from stormguard.server.live.model import ModelScorer, default_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "data" / "default-model.skops"
@@ -173,8 +173,8 @@ def test_scoring_runs_in_a_worker_thread_while_the_loop_keeps_ticking(scorer_mod
 
 
 def test_start_subscribes_to_the_runtime_and_registers_metrics(scorer_model) -> None:
-    from stormguard.server.metrics import Metrics
-    from stormguard.server.reputation_gate import ReputationGateAdapter
+    from stormguard.server.layers.reputation_gate import ReputationGateAdapter
+    from stormguard.server.ops.metrics import Metrics
 
     engine = ReputationEngine(MemoryStore())
     features = OnlineClientFeatures("src_ip", 300.0)
@@ -212,8 +212,8 @@ def test_wired_into_a_real_runtime_behind_the_live_rules(scorer_model) -> None:
     features, and the scorer reads its vectors from there, in a worker thread."""
     from stormguard.server.app import create_app
     from stormguard.server.context import ClientIdentity, RequestContext
-    from stormguard.server.reputation_gate import ReputationService
-    from stormguard.server.settings import ServerSettings
+    from stormguard.server.layers.reputation_gate import ReputationService
+    from stormguard.server.ops.settings import ServerSettings
 
     settings = ServerSettings()
     store = MemoryStore()
@@ -250,7 +250,7 @@ def test_wired_into_a_real_runtime_behind_the_live_rules(scorer_model) -> None:
 
 
 def test_keys_wait_for_the_live_rules_to_settle_and_the_setting_resolves(scorer_model, tmp_path: Path) -> None:
-    from stormguard.server.scoring_task import resolve_model
+    from stormguard.server.live.model import resolve_model
 
     features = OnlineClientFeatures("src_ip", 300.0)
     storm(features, "10.8.0.1")
@@ -264,7 +264,7 @@ def test_keys_wait_for_the_live_rules_to_settle_and_the_setting_resolves(scorer_
 
 
 def test_check_model_is_the_serve_command_preflight(tmp_path: Path) -> None:
-    from stormguard.server.scoring_task import check_model
+    from stormguard.server.live.model import check_model
 
     assert check_model(BUNDLE) == BUNDLE
     with pytest.raises(BundleError, match="no such file"):

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from redis_server import RedisServer, own_redis_server_fixture, redis_server_fixture  # noqa: F401 - fixtures
 from server_harness import PROJECT_ROOT, TOKEN, ServerProcess, SSEClient
-from stormguard.server.history import MemoryHistory
-from stormguard.server.history_redis import RedisHistory, history_from_url, to_seq, to_stream_id
+from stormguard.server.hub.history import MemoryHistory
+from stormguard.server.hub.history_redis import RedisHistory, history_from_url, to_seq, to_stream_id
 
 ENV_URL, ENV_OPTS = "STORMGUARD_TEST_HISTORY_URL", "STORMGUARD_TEST_HISTORY_OPTS"
 
@@ -31,7 +31,7 @@ ENV_URL, ENV_OPTS = "STORMGUARD_TEST_HISTORY_URL", "STORMGUARD_TEST_HISTORY_OPTS
 def redis_app() -> Any:
     """uvicorn ``--factory`` target: the real app with the Redis history from the environment."""
     from stormguard.server.app import create_app
-    from stormguard.server.settings import ServerSettings
+    from stormguard.server.ops.settings import ServerSettings
 
     opts = json.loads(os.environ.get(ENV_OPTS, "{}"))
     return create_app(ServerSettings.from_env(), history=history_from_url(os.environ[ENV_URL], **opts))

@@ -238,7 +238,7 @@ def test_gate_reports_store_errors_and_admits() -> None:
     import asyncio
 
     from stormguard.server.context import ClientIdentity, RequestContext
-    from stormguard.server.reputation_gate import ReputationGateAdapter
+    from stormguard.server.layers.reputation_gate import ReputationGateAdapter
 
     class Broken:
         async def decide(self, *a: Any, **k: Any) -> Any:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401 - fixture
 from server_harness import SSEClient, free_port, running_server
-from stormguard.server.limiter import GcraBuckets
-from stormguard.server.limiter_redis import RedisGcra
+from stormguard.server.layers.limiter import GcraBuckets
+from stormguard.server.layers.limiter_redis import RedisGcra
 
 QUIET = {"live_rules": False, "reputation": False}
 
@@ -111,7 +111,7 @@ def test_redis_down_falls_back_to_local_buckets(caplog: pytest.LogCaptureFixture
         finally:
             await gcra.close()
 
-    with caplog.at_level(logging.WARNING, logger="stormguard.server.limiter"):
+    with caplog.at_level(logging.WARNING, logger="stormguard.server.layers.limiter"):
         decisions = asyncio.run(run())
     assert decisions == [True, True, False, False]             # still limited, locally
     assert fallbacks == ["ip"] * 4
@@ -157,7 +157,7 @@ def test_middleware_shared_path_matches_the_local_one(redis_server: RedisServer)
     """The middleware with and without ``shared``: same admit/refuse/degrade outcome per request, in enforcing and
     in shadow mode (where the token bucket is still taken after an address refusal)."""
     from stormguard.server.context import SCOPE_KEY, ClientIdentity, RequestContext
-    from stormguard.server.limiter import LimiterMiddleware
+    from stormguard.server.layers.limiter import LimiterMiddleware
 
     class Refuser:
         def __init__(self, shadow: bool) -> None:

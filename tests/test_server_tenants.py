@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from server_harness import ServerProcess, SSEClient, running_server
-from stormguard.server.tenants import JwtVerifier
+from stormguard.server.layers.tenants import JwtVerifier
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 AUD, ISS = "stormguard-test", "https://issuer.test"

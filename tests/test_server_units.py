@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from stormguard.server.breaker import NORMAL, PROBE, REFUSED, CircuitBreaker
-from stormguard.server.history import MemoryHistory
-from stormguard.server.hub import parse_last_event_id
-from stormguard.server.identity import IdentityMiddleware, parse_ip
-from stormguard.server.limiter import GcraBuckets
-from stormguard.server.retry import RetryChooser
+from stormguard.server.hub.history import MemoryHistory
+from stormguard.server.hub.topics import parse_last_event_id
+from stormguard.server.layers.breaker import NORMAL, PROBE, REFUSED, CircuitBreaker
+from stormguard.server.layers.identity import IdentityMiddleware, parse_ip
+from stormguard.server.layers.limiter import GcraBuckets
+from stormguard.server.layers.retry import RetryChooser
 
 
 class Clock:
@@ -215,7 +215,7 @@ def _call(app, path: str = "/events", accept: str = "text/event-stream") -> list
 
 
 def test_refusal_actions_and_non_sse_fallback() -> None:
-    from stormguard.server.refuse import Refuser
+    from stormguard.server.layers.refuse import Refuser
 
     refuser = Refuser(retry=RetryChooser({"stream": 3000}, {}, rng=random.Random(1)),
                       actions={"rate": "pace", "quota": "503", "blocked": "stop"})
@@ -238,8 +238,8 @@ def test_refusal_actions_and_non_sse_fallback() -> None:
 
 
 def test_breaker_does_not_count_inner_503_refusals_as_failures() -> None:
-    from stormguard.server.breaker import BreakerMiddleware
-    from stormguard.server.refuse import Refuser
+    from stormguard.server.layers.breaker import BreakerMiddleware
+    from stormguard.server.layers.refuse import Refuser
 
     clock = Clock()
     br = _breaker(clock, min_requests=2)
@@ -263,7 +263,7 @@ def test_breaker_does_not_count_inner_503_refusals_as_failures() -> None:
 
 def test_fresh_bucket_reports_whole_tokens_left() -> None:
     """A new client's first connection leaves exactly burst - 1 tokens (not 0.999…, which read as 'degraded')."""
-    from stormguard.server.limiter import GcraBuckets
+    from stormguard.server.layers.limiter import GcraBuckets
 
     buckets = GcraBuckets(rate=3.0, burst=2, clock=lambda: 1000.0)
     for i in range(1000):
@@ -273,7 +273,7 @@ def test_fresh_bucket_reports_whole_tokens_left() -> None:
 
 # -- refusal counters and the blocked-client fast path ------------------------------------------------------------
 def test_refusal_counts_are_plain_ints_exported_at_scrape_time() -> None:
-    from stormguard.server.metrics import Metrics
+    from stormguard.server.ops.metrics import Metrics
 
     m = Metrics()
     m.reject("limiter", "rate")
@@ -287,11 +287,11 @@ def test_refusal_counts_are_plain_ints_exported_at_scrape_time() -> None:
 
 def _fast_path(clock: Clock, *, actions: dict[str, str] | None = None, audit_path: str | None = "-",
                trusted: tuple[str, ...] = ()) -> tuple[object, object, list[dict[str, object]]]:
-    from stormguard.server.audit import AuditLog
-    from stormguard.server.fastpath import BlockedFastPath
-    from stormguard.server.metrics import Metrics
-    from stormguard.server.refuse import Refuser
-    from stormguard.server.reputation_gate import ReputationGateAdapter
+    from stormguard.server.layers.fastpath import BlockedFastPath
+    from stormguard.server.layers.refuse import Refuser
+    from stormguard.server.layers.reputation_gate import ReputationGateAdapter
+    from stormguard.server.ops.audit import AuditLog
+    from stormguard.server.ops.metrics import Metrics
 
     audit = AuditLog(audit_path)
     refuser = Refuser(retry=RetryChooser({}, {}), actions=actions, metrics=Metrics(), audit=audit)

@@ -2,7 +2,7 @@
 
 import random
 
-from stormguard.features.tls import (
+from stormguard.features.tls.clienthello import (
     GREASE,
     TlsClientStream,
     looks_like_tls_client_start,

@@ -134,7 +134,7 @@ def test_score_needs_an_output(trained: tuple[Path, Path, Path], capsys: pytest.
 
 
 def test_features_file_input(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    from stormguard.features.windows import client_features, write_features
+    from stormguard.features.clients.windows import client_features, write_features
 
     records, _, model = trained
     feats = tmp_path / "features.parquet"

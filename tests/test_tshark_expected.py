@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from stormguard.features.capture import read_capture
-from stormguard.features.tls import GREASE
+from stormguard.features.capture.reader import read_capture
+from stormguard.features.tls.clienthello import GREASE
 
 from stormguard.report import ReplayStats
 
