@@ -19,6 +19,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 # An access-log line starts with a client address (or "-" / a host name) followed by identd and user fields.
 _LOG_START = re.compile(rb"^(?:\S+ )?\S+ \S+ \[")
+_HAR_START = re.compile(rb'^\{\s*"log"\s*:\s*\{')
 
 
 def sniff(path: str | Path) -> Kind | None:
@@ -31,23 +32,39 @@ def sniff(path: str | Path) -> Kind | None:
         return "pcap"
     if head[:4] == PCAPNG_MAGIC:
         return "pcapng"
-    if b"\x00" in head[:4096]:
-        return None  # binary, and not a capture we know
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text.startswith(b"{"):
-        first_line = text.split(b"\n", 1)[0]
-        try:
-            json.loads(first_line)
-            return "jsonl"
-        except ValueError:
-            pass
-        if b'"log"' in text[:4096] and b'"entries"' in head:
-            return "har"
-        return "har" if b'"log"' in text[:200] else "jsonl"
-    lines = [ln for ln in text.split(b"\n")[:20] if ln.strip()]
-    if lines and sum(bool(_LOG_START.match(ln)) for ln in lines) * 2 >= len(lines):
-        return "log"
-    return None
+    if _HAR_START.match(head.lstrip(b"\xef\xbb\xbf \t\r\n")):
+        return "har"  # HTTP Archive 1.2: one JSON document {"log": {"version": ..., "entries": [...]}}
+    return _vote(head)
+
+
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+#: Lines of the head that vote on a text file's kind; a few damaged or binary lines among them (a corrupt first
+#: line, a NUL-padded write) do not decide for the whole file.
+SNIFF_LINES = 200
+
+
+def _vote(head: bytes) -> Kind | None:
+    """Majority of the first :data:`SNIFF_LINES` non-empty lines: CLF-style log lines or JSON objects. The last
+    line of a full 64 KiB head may be cut off, so it does not vote."""
+    lines = head.split(b"\n")
+    if len(head) >= 65536 and len(lines) > 1:
+        lines = lines[:-1]
+    lines = [ln.strip(b"\xef\xbb\xbf \t\r") for ln in lines]
+    lines = [ln for ln in lines if ln][:SNIFF_LINES]
+    if not lines:
+        return None
+    logs = sum(bool(_LOG_START.match(ln)) for ln in lines if b"\x00" not in ln)
+    jsons = sum(ln.startswith(b"{") and _json_object(ln) for ln in lines if b"\x00" not in ln)
+    best = max(logs, jsons)
+    if best == 0 or best * 2 < len(lines):
+        return None
+    return "log" if logs >= jsons else "jsonl"
 
 
 def describe_refusal(path: str | Path) -> str:

@@ -177,8 +177,39 @@ def _score_into_store(records: object, model_path: Path, out_dir: Path, store_ur
         print(table.sort_values("score").head(show).to_string(index=False))
 
 
+#: Example command lines shown at the end of each subcommand's ``--help`` (a subcommand may set its own epilog
+#: with :func:`stormguard.clihelp.examples` instead).
+EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("replay",): ("stormguard replay data/sample.pcap -o out/records.parquet",
+                  "stormguard replay capture.pcapng /var/log/nginx/access.log -o out/records.csv --jobs 2",
+                  "stormguard replay app.jsonl --log-field src_ip=client -o out/app.parquet"),
+    ("features",): ("stormguard features out/records.parquet -o out/features.parquet",
+                    "stormguard features out/records.parquet --key ip_ja3 --window 60 -o out/f.csv"),
+    ("pipeline",): ("stormguard pipeline",
+                    "stormguard pipeline access.log --out-dir out/ --store redis://127.0.0.1:6379/0"),
+    ("serve",): ("STORMGUARD_PUBLISH_TOKEN=secret stormguard serve --port 8000",
+                 "stormguard serve --store redis://127.0.0.1:6379/0 --workers 2 --audit-log audit.jsonl"),
+    ("reputation", "get"): ("stormguard reputation get 203.0.113.7 --store redis://127.0.0.1:6379/0",),
+    ("reputation", "set"): ("stormguard reputation set 203.0.113.7 -60 --reason manual --store redis://127.0.0.1:6379/0",),
+    ("reputation", "block"): ("stormguard reputation block 203.0.113.7 --for 600 --store redis://127.0.0.1:6379/0",),
+    ("reputation", "unblock"): ("stormguard reputation unblock 203.0.113.7 --store redis://127.0.0.1:6379/0",),
+    ("reputation", "top"): ("stormguard reputation top -n 20 --store redis://127.0.0.1:6379/0",
+                            "stormguard reputation top -n 20 --best --json --store redis://127.0.0.1:6379/0"),
+    ("reputation", "load"): ("stormguard reputation load scores.csv --store redis://127.0.0.1:6379/0",),
+    ("train",): ("stormguard train out/records.parquet -o model.skops",
+                 "stormguard train logs/ --log-format iliou --key session --labels annotations/ -o model.skops"),
+    ("evaluate",): ("stormguard evaluate model.skops logs/ --labels annotations/ --plot eval.svg",),
+    ("score",): ("stormguard score data/default-model.skops access.log -o scores.csv",
+                 "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0"),
+    ("ua", "train"): ("stormguard ua train ../shared/corpus/ua/ua_dev.csv -o ua.skops --cv",),
+    ("ua", "score"): ("stormguard ua score ua.skops uas.csv -o uas-scored.csv",),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from stormguard.clihelp import Parser
+
+    parser = Parser(
         prog="stormguard",
         description="Behavioural fingerprinting and reputation for Server-Sent-Events services: replay captures "
                     "and logs into connection records and client feature vectors.",
@@ -252,7 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     from stormguard.models.cli import register as register_ua
 
     register_ua(sub)
+    finish_parser(parser)
     return parser
+
+
+def finish_parser(parser: argparse.ArgumentParser) -> None:
+    """The conventions of :mod:`stormguard.clihelp`, applied to every subcommand however it was registered."""
+    from stormguard.clihelp import (
+        HelpFormatter,
+        accept_options_anywhere,
+        check_no_numeric_options,
+        examples,
+        walk,
+    )
+
+    for path, p in walk(parser):
+        p.formatter_class = HelpFormatter
+        if not p.epilog and path in EXAMPLES:
+            p.epilog = examples(*EXAMPLES[path])
+    accept_options_anywhere(parser)
+    check_no_numeric_options(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

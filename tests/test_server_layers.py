@@ -169,5 +169,16 @@ def test_refusals_are_audited(tmp_path: Path) -> None:
         b = SSEClient(srv.port, "/events?topic=s", source="127.0.0.14")
         b.read_all()
         a.close()
-    records = [json.loads(line) for line in audit.read_text().splitlines()]   # flushed at shutdown at the latest
-    assert any(r["layer"] == "limiter" and r["action"] == "pace" and r["client"] == "127.0.0.14" for r in records)
+
+        def paced() -> bool:
+            lines = audit.read_text().splitlines() if audit.exists() else []
+            return any(r["layer"] == "limiter" and r["action"] == "pace" and r["client"] == "127.0.0.14"
+                       for r in map(json.loads, lines))
+
+        deadline = time.monotonic() + 30.0  # written by the drainer every 0.2 s: wait for it, don't guess
+        while not paced() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert paced(), "the pace was not audited while the server ran"
+    # and what was written stays whole after shutdown (the final flush never interleaves with the drainer)
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert sum(r["layer"] == "limiter" and r["client"] == "127.0.0.14" for r in records) == 1

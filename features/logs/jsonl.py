@@ -184,7 +184,11 @@ def _read_jsonl(path: Path, stats: ReplayStats, fields: Mapping[str, str],
                 except ValueError as exc:
                     if not line.strip():
                         continue
-                    stats.warn(name, f"invalid JSON ({exc.msg})", line=n, reason="jsonl line invalid (skipped)")
+                    stats.warn(name, f"invalid JSON ({getattr(exc, 'msg', exc)})", line=n,
+                               reason="jsonl line invalid (skipped)")
+                    continue
+                except RecursionError:  # e.g. 100,000 '[': the decoder's nesting bound, not a reason to stop
+                    stats.warn(name, "JSON nested too deeply", line=n, reason="jsonl line invalid (skipped)")
                     continue
                 if not isinstance(obj, dict):
                     stats.warn(name, "JSON line is not an object", line=n, reason="jsonl line invalid (skipped)")

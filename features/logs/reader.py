@@ -63,26 +63,25 @@ __all__ = ["read_log", "read_log_chunks", "combined_batches", "register_format",
            "parse_clf_time", "detect_format"]
 
 
-def detect_format(path: Path, sample: int = 50) -> str | None:
-    """The built-in format that matches most of the first ``sample`` non-empty lines, ``jsonl``, or None."""
+def detect_format(path: Path, sample: int = 200) -> str | None:
+    """The format most of the first ``sample`` non-empty lines are in: ``jsonl`` or a built-in CLF format; None
+    when no format has a line. A damaged or binary line among them (a corrupt first line) does not decide for the
+    file: each line votes, and the reader later reports the lines its format does not match, with their numbers."""
     lines: list[str] = []
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for line in fh:
             line = line.rstrip("\r\n")
-            if line.strip():
-                lines.append(line)
+            if line.strip() and "\x00" not in line:
+                lines.append(line[:65536])
                 if len(lines) >= sample:
                     break
     if not lines:
         return None
-    if lines[0].lstrip("\ufeff \t").startswith("{"):
-        return "jsonl"
-    best, best_n = None, 0
+    votes = {"jsonl": sum(1 for ln in lines if ln.lstrip("\ufeff \t").startswith("{"))}
     for name in ("combined", "iliou", "common"):
-        n = sum(1 for ln in lines if LOG_FORMATS[name].match(ln))
-        if n > best_n:
-            best, best_n = name, n
-    return best
+        votes[name] = sum(1 for ln in lines if LOG_FORMATS[name].match(ln))
+    best = max(votes, key=lambda k: votes[k])  # ties: jsonl, then combined, iliou, common
+    return best if votes[best] else None
 
 
 def read_log(path: Path, stats: ReplayStats, *, fmt: str | re.Pattern[str] = "auto",

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,8 @@ class AuditLog:
         self.on_drop = on_drop or (lambda: None)
         self._queue: deque[dict[str, Any]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None  # the batch a worker thread is writing
+        self._lock = threading.Lock()  # the drainer's thread and the final write never interleave
         self._file: TextIO | None = None
         self.written = 0
         self._warned = False
@@ -57,6 +60,10 @@ class AuditLog:
         """Stop the drainer and write what is left (called at lifespan shutdown)."""
         await cancel_tasks(self._task)
         self._task = None
+        if self._inflight is not None:  # a cancelled drainer's thread may still be writing its batch: let it end
+            with contextlib.suppress(OSError):
+                await self._inflight
+            self._inflight = None
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self._write_batch, self._take())
         if self._file is not None and self._file is not sys.stderr:
@@ -73,7 +80,10 @@ class AuditLog:
             await asyncio.sleep(self.flush_interval)
             if self._queue:
                 try:
-                    await asyncio.to_thread(self._write_batch, self._take())
+                    # shielded: cancelling the drainer must not forget a batch it already took off the queue
+                    self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, self._take()))
+                    await asyncio.shield(self._inflight)
+                    self._inflight = None
                 except OSError as exc:          # disk full, bad path: count the loss, keep serving
                     self.on_drop()
                     if not self._warned:
@@ -83,6 +93,10 @@ class AuditLog:
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
         if not batch or self.path is None:
             return
+        with self._lock:
+            self._write_locked(batch)
+
+    def _write_locked(self, batch: list[dict[str, Any]]) -> None:
         if self._file is None:
             self._file = sys.stderr if self.path == "-" else open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in batch))
