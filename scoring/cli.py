@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("keys", nargs="+", metavar="KEY")
     s = ops.add_parser("set", help="set a score", description="Set a key's score (clamped to [-100, 100]).")
     s.add_argument("key", metavar="KEY")
-    s.add_argument("score", type=float)
+    s.add_argument("score", type=finite_float, help="new score, e.g. -60 (clamped to [-100, 100])")
     s.add_argument("--reason", default="manual")
     b = ops.add_parser("block", help="block a key", description="Refuse a key's new connections for a while.")
     b.add_argument("key", metavar="KEY")
@@ -54,6 +55,17 @@ def register(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``/``inf`` would poison a store's ranking)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _print(rows: list[Any], as_json: bool, now: float) -> None:
     if as_json:
         for r in rows:
@@ -67,6 +79,8 @@ def _print(rows: list[Any], as_json: bool, now: float) -> None:
 
 
 def _rows(path: Path) -> Any:
+    """``(key, score)`` rows of a CSV (a header naming ``key`` and ``score``) or Parquet file; a bad row is an error
+    naming the file, line and field, before anything past it is loaded."""
     if path.suffix.lower() in (".parquet", ".pq"):
         import pandas as pd
 
@@ -74,8 +88,18 @@ def _rows(path: Path) -> Any:
         yield from zip(frame["key"].astype(str), frame["score"].astype(float), strict=True)
         return
     with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            yield row["key"], float(row["score"])
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        if "key" not in header or "score" not in header:
+            raise ValueError(f"{path}:1: expected a header row naming the 'key' and 'score' columns, got {header!r}")
+        for row in reader:
+            try:
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{reader.line_num}: field 'score': not a number: {row['score']!r}") from None
+            if not math.isfinite(score):
+                raise ValueError(f"{path}:{reader.line_num}: field 'score': must be finite, got {row['score']!r}")
+            yield row["key"], score
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,9 +120,15 @@ def _run(args: argparse.Namespace) -> int:
     from stormguard.config import load_config
 
     config = load_config(args.config)
+    url = args.store or config.store.url
+    if url.startswith("memory://"):
+        if not args.store:
+            raise ValueError("no store to inspect: give --store redis://HOST:6379/0 (or set [store] url / "
+                             "STORMGUARD_STORE_URL); a memory:// store lives only as long as this command")
+        print("stormguard reputation: note: memory:// lives only for this command (it starts empty)", file=sys.stderr)
     now = time.time()
     # The CLI wants errors, not a silent fallback: no failover wrapper here.
-    with SyncStore(open_store(args.store, config, failover=False)) as store:
+    with SyncStore(open_store(url, config, failover=False)) as store:
         if args.op == "get":
             rows = [store.get(k, now=now) for k in args.keys]
         elif args.op == "set":

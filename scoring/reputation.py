@@ -18,6 +18,13 @@ RANK_OFFSET = 30.0
 RANK_EPS = 1e-12
 
 
+def check_value(op: str, value: float) -> None:
+    """Refuse a value no arithmetic can recover from (NaN poisons the score, the rank and every ``top``), before
+    anything is written."""
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: value must be a finite number, got {value!r}")
+
+
 def clamp(score: float) -> float:
     """Scores live in [-100, 100]: an abuser cannot dig a hole so deep that decay never brings it back."""
     return SCORE_MAX if score > SCORE_MAX else SCORE_MIN if score < SCORE_MIN else score

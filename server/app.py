@@ -41,6 +41,7 @@ from starlette.routing import Route
 from stormguard.server.context import RequestContext
 from stormguard.server.hub.history import AsyncHistoryBackend, HistoryBackend
 from stormguard.server.hub.history_redis import history_from_url
+from stormguard.server.hub.page import page_routes
 from stormguard.server.hub.sse import RAW_SEND_KEY, EventsEndpoint, PublishEndpoint, Stream
 from stormguard.server.hub.topics import Hub
 from stormguard.server.layers.breaker import BreakerMiddleware, CircuitBreaker
@@ -305,6 +306,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         Route("/publish", PublishEndpoint(rt)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *page_routes(("/demo",)),  # the EventSource demo page the README points browsers at
     ]
     if s.enable_test_routes:
         routes += _test_routes(rt)

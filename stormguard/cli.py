@@ -64,10 +64,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           log_fields=_parse_fields(args.log_field),
                           show_progress=None if not args.no_progress else False, jobs=args.jobs)
     _report(stats, started, args.verbose)
-    print(f"wrote {rows} records to {out}", file=sys.stderr)
     if stats.files == 0:
-        print("stormguard replay: no readable input", file=sys.stderr)
+        out.unlink(missing_ok=True)  # no output is better than an empty table that looks like a result
+        print("stormguard replay: no readable input (no output written)", file=sys.stderr)
         return 2
+    print(f"wrote {rows} records to {out}", file=sys.stderr)
     return 0
 
 
@@ -94,6 +95,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     stats = ReplayStats()
     records = replay(inputs, stats)
+    if stats.files == 0:
+        _report(stats, started, verbose=False)
+        print("stormguard pipeline: no readable input (no output written)", file=sys.stderr)
+        return 2
     records_path = out_dir / "records.parquet"
     write_records(records, records_path)
     _report(stats, started, verbose=False)
@@ -318,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, OSError) as exc:
         print(f"stormguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a store that cannot be reached: redis errors are neither OSError nor ValueError
+        if type(exc).__module__.split(".")[0] != "redis":
+            raise
+        print(f"stormguard {args.command}: store error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

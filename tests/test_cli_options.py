@@ -21,10 +21,13 @@ def _value(action: argparse.Action) -> list[str]:
         return []
     if action.choices:
         return [str(next(iter(action.choices)))]
-    if action.type is float:
-        return ["-2.5"]  # a negative number must read as a value
-    if action.type is int:
-        return ["3"]
+    if action.type not in (None, str):
+        for sample in ("-2.5", "3"):  # a negative number must read as a value wherever a number is accepted
+            try:
+                action.type(sample)  # type: ignore[misc,operator]
+                return [sample]
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                continue
     return ["v1"] if action.nargs in (None, 1, "?") else ["v1", "v2"]
 
 

@@ -17,7 +17,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from stormguard.scoring.reputation import Reputation, apply_op, clamp, decayed
+from stormguard.scoring.reputation import Reputation, apply_op, check_value, clamp, decayed
 from stormguard.scoring.stores.base import ReputationStore, StoreOptions
 
 MAX_REASON_CODES = 255  # code 0 = empty slot, 1 = "other": what the 256th distinct reason and later ones become
@@ -102,6 +102,7 @@ class MemoryStore(ReputationStore):
 
     def update_now(self, key: str, op: str, value: float = 0.0, reason: str = "", now: float | None = None,
                    block_score: float | None = None, block_seconds: float = 0.0) -> Reputation:
+        check_value(op, value)
         now = self.now() if now is None else now
         raw = self._data.get(key)
         state = self._neutral(key, now) if raw is None else self._unpack(key, raw)

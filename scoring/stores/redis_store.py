@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
-from stormguard.scoring.reputation import RANK_EPS, RANK_OFFSET, Reputation, clamp
+from stormguard.scoring.reputation import RANK_EPS, RANK_OFFSET, Reputation, check_value, clamp
 from stormguard.scoring.stores import lua
 from stormguard.scoring.stores.base import ReputationStore, StoreOptions
 
@@ -119,6 +119,7 @@ class RedisStore(ReputationStore):
 
     async def update(self, key: str, op: str, value: float = 0.0, reason: str = "", now: float | None = None,
                      block_score: float | None = None, block_seconds: float = 0.0) -> Reputation:
+        check_value(op, value)
         now = self.now() if now is None else now
         h, z, x = self.keys_for(key)
         o = self.options
