@@ -465,7 +465,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if path is not None:
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") \
+                from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: {exc}") from None
     hints = typing.get_type_hints(Config)
@@ -476,8 +479,13 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     for section, values in _env_overrides(env).items():
         merged[section].update(values)
     server_tiers = merged["server"].pop("tiers", None)
-    sections = {name: _build(hints[name], merged[name], name) for name in hints}
-    sections["server"].tiers = server_tiers_from(sections["reputation"], server_tiers)
+    try:
+        sections = {name: _build(hints[name], merged[name], name) for name in hints}
+        sections["server"].tiers = server_tiers_from(sections["reputation"], server_tiers)
+    except ConfigError as exc:  # name the file (the message already names the section and key)
+        if path is not None and not str(exc).startswith(str(path)):
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
     return Config(**sections)
 
 
