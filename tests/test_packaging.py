@@ -22,6 +22,14 @@ def test_wheel_installs_only_the_stormguard_package(tmp_path: Path) -> None:
     for sub in ("features", "models", "scoring", "server"):
         assert f"stormguard/{sub}/__init__.py" in names
     assert "stormguard/features/replay.py" in names
+    # every module of every package folder ships (a sub-package missing from pyproject's list would not)
+    folders = {"stormguard": "stormguard", "features": "stormguard/features", "models": "stormguard/models",
+               "scoring": "stormguard/scoring", "server": "stormguard/server"}
+    missing = sorted(f"{dest}/{path.relative_to(PROJECT_ROOT / folder).as_posix()}"
+                     for folder, dest in folders.items() for path in (PROJECT_ROOT / folder).rglob("*.py")
+                     if "__pycache__" not in path.parts
+                     and f"{dest}/{path.relative_to(PROJECT_ROOT / folder).as_posix()}" not in names)
+    assert not missing, f"not in the wheel (add the sub-package to pyproject's packages): {missing}"
 
 
 def test_import_paths() -> None:
