@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from stormguard.features.sniff import sniff
 
-from stormguard.schema import RECORD_COLUMNS, read_records
+from stormguard.schema import read_records
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,8 +33,7 @@ def test_non_input_files_are_refused_with_reason(tmp_path: Path) -> None:
     assert "empty.pcap: refused: empty file" in err
     assert "files: 0 read, 4 refused" in err
     assert "not a capture or log" in err  # the skip reason is counted in the summary
-    frame = pd.read_csv(out)
-    assert list(frame.columns) == list(RECORD_COLUMNS) and len(frame) == 0
+    assert not out.exists()  # no empty table that could pass for a result
 
 
 def test_missing_input_and_bad_output_suffix(tmp_path: Path) -> None:
