@@ -173,3 +173,13 @@ def test_checks_catch_what_they_claim() -> None:
     assert layer_of("stormguard.server.hub.sse") > layer_of("stormguard.scoring.rules") > layer_of("stormguard.schema")
     assert group_of("stormguard.features.capture.quic") == "stormguard.features.capture"
     assert group_of("stormguard.features.replay") == "stormguard.features.replay"
+
+
+def test_public_server_names_are_importable_and_lazy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, stormguard.server as s; assert 'starlette' not in sys.modules; "
+            "names = [getattr(s, n) for n in s.__all__]; print(len(names))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
