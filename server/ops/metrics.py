@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -61,6 +68,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if registry is None:  # process_resident_memory_bytes etc.: the storm lab and dashboards read RSS here
+            ProcessCollector(registry=r)
         self.connections = Counter("http_sse_connections", "SSE streams opened", ["tier"], registry=r)
         self.rejected = RefusalCounts("rate_limit_rejected", "Requests refused by a defence layer")
         r.register(self.rejected)
