@@ -48,6 +48,7 @@ from stormguard.server.layers.breaker import BreakerMiddleware, CircuitBreaker
 from stormguard.server.layers.fastpath import BlockedFastPath
 from stormguard.server.layers.fastpath import build as build_fast_path
 from stormguard.server.layers.gate import ReputationGate, ReputationGateMiddleware
+from stormguard.server.layers.headlimit import HEAD_REFUSALS
 from stormguard.server.layers.identity import IdentityMiddleware
 from stormguard.server.layers.limiter import GcraBuckets, LimiterMiddleware
 from stormguard.server.layers.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
@@ -108,6 +109,8 @@ class Runtime:
         m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
         m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))
         m.breaker_state.set(0)
+        for reason, tally in HEAD_REFUSALS.items():   # counted by the HTTP protocol, below the app
+            m.rejected.tallies[("head", reason)] = tally
         self.active_by_tier: dict[str, int] = {}
         self._restore_signals: list[tuple[int, Any]] = []
         self.reputation: ReputationService | None = None
