@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-
 from stormguard.server.ops.metrics import Tally
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 REASONS = {"head_bytes": 431, "header_count": 431, "url_bytes": 414, "head_timeout": 408, "malformed": 400}
 
