@@ -108,9 +108,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ["STORMGUARD_STORE_URL"] = cfg.store.url
     from stormguard.server.layers.headlimit import GuardedHttpToolsProtocol, HeadLimits
+    from stormguard.server.layers.identity import check_proxy_headers
 
     try:
         HeadLimits.from_settings(settings)
+        check_proxy_headers(settings.proxy_headers)
     except ValueError as exc:
         print(f"stormguard serve: {exc}", file=sys.stderr)
         return 2

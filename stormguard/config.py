@@ -221,7 +221,7 @@ class ServerConfig:
     stream_capacity: int = 10000          # streams at which the load used by the retry chooser reaches 1
     # identity
     trusted_proxies: tuple[str, ...] = ()
-    proxy_headers: tuple[str, ...] = ("forwarded", "x-forwarded-for")
+    proxy_headers: tuple[str, ...] = ("x-forwarded-for",)   # the ONE header the trusted proxy sets (or "forwarded")
     ja3_header: str = "x-ja3"
     ja4_header: str = "x-ja4"
     sni_header: str = "x-tls-sni"
