@@ -38,6 +38,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from stormguard.scoring.stores.pool import PoolCollector
 from stormguard.server.context import RequestContext
 from stormguard.server.hub.history import AsyncHistoryBackend, HistoryBackend
 from stormguard.server.hub.history_redis import history_from_url
@@ -106,6 +107,11 @@ class Runtime:
             self.shared_limiter = RedisGcra.from_url(
                 s.limiter_url, self.ip_buckets, self.token_buckets, prefix=s.limiter_prefix,
                 on_fallback=lambda kind: m.child(fallbacks, "token" if kind == "tok" else kind).inc())
+        self.redis_pools = PoolCollector()     # every Redis pool of this process: sizes, waits, timeouts
+        m.registry.register(self.redis_pools)
+        if self.shared_limiter is not None:
+            self.redis_pools.add("limiter", self.shared_limiter.client.connection_pool)
+        self.redis_pools.add("history", getattr(getattr(history, "client", None), "connection_pool", None))
         m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
         m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))
         m.breaker_state.set(0)
@@ -245,6 +251,8 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     rt.reputation = reputation
     if reputation is not None:
         reputation.bind(rt)
+        primary = getattr(reputation.store, "primary", reputation.store)
+        rt.redis_pools.add("store", getattr(getattr(primary, "client", None), "connection_pool", None))
     scorer = None
     if model is not None and reputation is not None:  # live model scoring, off the accept path (scoring_task.py)
         from stormguard.server.live.model import ModelScorer

@@ -167,8 +167,7 @@ class ReputationService:
         gate_errors = errors.labels("gate")
 
         def gate_error(exc: BaseException) -> None:
-            gate_errors.inc()
-            rt.breaker.record_failure("store")
+            gate_errors.inc()           # fail_mode decides; the breaker is for this server's own failures
             log.warning("reputation store read failed: %s: %s", type(exc).__name__, exc)
 
         self.gate.on_error = gate_error
