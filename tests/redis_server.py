@@ -63,6 +63,13 @@ class RedisServer:
                 self.proc.wait(5)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye to clients (what a crashed or OOM-killed Redis looks like)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
     def restart(self) -> None:
         self.stop()
         self.start()
