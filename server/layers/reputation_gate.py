@@ -127,7 +127,8 @@ class ReputationService:
             self.live = LiveReputation(engine, features=features, threshold=threshold, gate=self.gate,
                                        flush_interval=settings.live_flush_interval,
                                        max_queue=settings.live_queue_size,
-                                       refusal_layers=tuple(settings.live_refusal_layers))
+                                       refusal_layers=tuple(settings.live_refusal_layers),
+                                       max_consumed=settings.live_max_keys)
         self._tasks: list[Any] = []
 
     @classmethod
