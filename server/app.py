@@ -57,6 +57,7 @@ from stormguard.server.layers.refuse import Refuser
 from stormguard.server.layers.reputation_gate import ReputationService
 from stormguard.server.layers.retry import RetryChooser
 from stormguard.server.ops.audit import AuditLog
+from stormguard.server.ops.bounds import ClientStateBounds
 from stormguard.server.ops.loopmon import LoopMonitor
 from stormguard.server.ops.metrics import BREAKER_STATES, Metrics
 from stormguard.server.ops.settings import ServerSettings
@@ -73,7 +74,8 @@ class Runtime:
         s = self.settings = settings
         self.metrics = m = Metrics()
         self.observers = list(observers)
-        self.audit = AuditLog(s.audit_path, max_queue=s.audit_queue_size, on_drop=m.audit_dropped.inc)
+        self.audit_drops = 0
+        self.audit = AuditLog(s.audit_path, max_queue=s.audit_queue_size, on_drop=self._audit_dropped)
         self.retry = RetryChooser(s.retry_base_ms, s.retry_tier_factor, load_gain=s.retry_load_gain,
                                   degrade_factor=s.retry_degrade_factor, jitter=s.retry_jitter,
                                   shutdown_jitter=s.retry_shutdown_jitter, min_ms=s.retry_min_ms,
@@ -107,6 +109,15 @@ class Runtime:
             self.shared_limiter = RedisGcra.from_url(
                 s.limiter_url, self.ip_buckets, self.token_buckets, prefix=s.limiter_prefix,
                 on_fallback=lambda kind: m.child(fallbacks, "token" if kind == "tok" else kind).inc())
+        self.client_state = bounds = ClientStateBounds()    # every per-client structure: size, bound, evictions
+        m.registry.register(bounds)
+        self._limiter_drops = {"ip": 0, "token": 0}
+        bounds.add("limiter_ip", lambda: len(self.ip_buckets), s.limiter_max_entries,
+                   lambda: self._limiter_drops["ip"])
+        bounds.add("limiter_token", lambda: len(self.token_buckets), s.limiter_max_entries,
+                   lambda: self._limiter_drops["token"])
+        audit = self.audit
+        bounds.add("audit_queue", lambda: len(audit._queue), audit.max_queue, lambda: self.audit_drops)
         self.redis_pools = PoolCollector()     # every Redis pool of this process: sizes, waits, timeouts
         m.registry.register(self.redis_pools)
         if self.shared_limiter is not None:
@@ -157,7 +168,12 @@ class Runtime:
     def _refused(self, ctx: RequestContext, layer: str, reason: str, action: str) -> None:
         self.emit("refusal", ctx, layer=layer, reason=reason, action=action)
 
+    def _audit_dropped(self) -> None:
+        self.audit_drops += 1
+        self.metrics.audit_dropped.inc()
+
     def _limiter_evicted(self, kind: str, lossless: bool) -> None:
+        self._limiter_drops[kind] += 1
         if not lossless:
             self.metrics.child(self.metrics.limiter_evictions, kind, "false").inc()
 
@@ -258,10 +274,14 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         from stormguard.server.live.model import ModelScorer
 
         scorer = ModelScorer.for_runtime(model, rt, interval=s.model_interval)
+        rt.client_state.add("model_pending", lambda: len(scorer), scorer.max_pending, lambda: scorer.dropped)
     exempt = tuple(s.exempt_paths)
     if quota is None:
         quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
                                   tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
+    open_by_client = getattr(quota, "open", None)
+    if isinstance(open_by_client, dict):     # one entry per client with open streams: bounded by the streams
+        rt.client_state.add("quota_open", lambda: len(open_by_client), lambda: len(rt.hub.streams))
     verifier = None
     if s.jwt_secret or s.jwt_public_key:
         from stormguard.server.layers.tenants import JwtVerifier, TenantStreamQuota
@@ -345,6 +365,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
                                                    paths=gate_paths, sse_paths=SSE_PATHS)
     if app.fast_path is not None:
         fast = app.fast_path
+        rt.client_state.add("fastpath_audit", lambda: len(fast._audited), fast.max_audit_keys)
         rt.metrics.fast_refusals.set_function(lambda: fast.refusals)
     return app
 
