@@ -4,8 +4,9 @@ Found: ~1.6 KB per new client address, growing in a straight line over 40,000 ad
 cap was set to 2,000 — the live rules replaced the configured online-feature store (``live_max_keys``) by a
 default-sized one. Here every per-client structure is registered in ``Runtime.client_state`` with its bound; the
 tests drive waves of distinct client keys and show that, once the bounds are reached, another wave adds (almost) no
-memory and no structure exceeds its bound. tracemalloc counts live Python allocations, so the result does not depend
-on the allocator or on other processes.
+memory and no structure exceeds its bound. Memory is counted as live interpreter memory blocks
+(``sys.getallocatedblocks``: every small object is one), which does not depend on the allocator's arenas or on other
+processes and costs nothing to read (bench/client_memory.py reports bytes per tracked client with tracemalloc).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import sys
 import time
-import tracemalloc
 
-from stormguard.config import load_config
 from stormguard.features.clients.online import OnlineClientFeatures
 from stormguard.scoring.stores.memory import MemoryStore
 from stormguard.server.app import create_app
 from stormguard.server.layers.limiter import GcraBuckets
 from stormguard.server.layers.reputation_gate import ReputationService
 from stormguard.server.ops.settings import ServerSettings
+
+from stormguard.config import load_config
 
 CAP = 1000
 
@@ -31,9 +33,9 @@ def address(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def traced() -> int:
+def blocks() -> int:
     gc.collect()
-    return tracemalloc.get_traced_memory()[0]
+    return sys.getallocatedblocks()
 
 
 def bounded_app():
@@ -85,21 +87,17 @@ def test_a_second_wave_of_clients_adds_no_memory_through_the_app():
             sizes = []
             for n in range(3):
                 await wave(n * wave_size)
-                sizes.append(traced())
+                sizes.append(blocks())
             for name, (entries, bound, _) in rt.client_state.snapshot().items():
                 assert entries <= bound, f"{name}: {entries} entries over its bound {bound}"
             snap = rt.client_state.snapshot()
             assert snap["live_features"][0] == CAP and snap["live_features"][2] >= 2 * wave_size - CAP
             return sizes
 
-    tracemalloc.start()
-    try:
-        sizes = asyncio.run(run())
-    finally:
-        tracemalloc.stop()
+    sizes = asyncio.run(run())
     growth = sizes[2] - sizes[1]
-    # unbounded, a wave of 3,000 new clients cost ~4.5 MB (1.5 KB each); bounded, the third wave costs ~nothing
-    assert growth < wave_size * 64, f"third wave of {wave_size} new clients grew memory by {growth} bytes"
+    # unbounded, each new client kept ~20 objects (1.5 KB); bounded, the third wave keeps next to none
+    assert growth < wave_size // 10, f"a third wave of {wave_size} new clients kept {growth} more memory blocks"
 
 
 def test_a_million_client_keys_through_the_per_client_structures():
@@ -121,14 +119,10 @@ def test_a_million_client_keys_through_the_per_client_structures():
                 gate.note_block(ip, now + 300.0, -80.0, now)
                 await store.add(ip, -20.0, "rule", now)
 
-    tracemalloc.start()
-    try:
-        asyncio.run(drive(0, 500_000))
-        half = traced()
-        asyncio.run(drive(500_000, 1_000_000))
-        full = traced()
-    finally:
-        tracemalloc.stop()
+    asyncio.run(drive(0, 500_000))
+    half = blocks()
+    asyncio.run(drive(500_000, 1_000_000))
+    full = blocks()
     assert len(buckets) <= CAP and features.key_count == CAP and len(gate) == CAP and len(store) == CAP
     assert features.evicted_keys == 1_000_000 - CAP and gate.evicted == 250_000 - CAP
-    assert full - half < 256 * 1024, f"the second half million keys grew memory by {full - half} bytes"
+    assert full - half < 1000, f"the second half million keys kept {full - half} more memory blocks"
