@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def build(cap: int):
-    from stormguard.config import load_config
     from stormguard.server.app import create_app
     from stormguard.server.layers.reputation_gate import ReputationService
     from stormguard.server.ops.settings import ServerSettings
+
+    from stormguard.config import load_config
 
     cfg = load_config(None)
     cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, max_keys=cap))
