@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from redis_server import RedisServer, own_redis_server_fixture  # noqa: F401 - fixture
+from redis_server import RedisServer, own_redis_server_fixture, redis_binary  # noqa: F401 - fixture
 from server_harness import SSEClient, running_server
 
 BREAKER = {"breaker_window": 1.0, "breaker_buckets": 5, "breaker_min_requests": 10, "breaker_threshold": 0.5,
@@ -121,3 +123,47 @@ def test_fifty_clients_at_once_queue_on_a_small_pool(own_redis_server: RedisServ
         assert m['stormguard_redis_pool_max{pool="limiter"}'] == 2
         out = srv.output()
         assert "MaxConnectionsError" not in out and "Too many connections" not in out
+
+
+def test_redis_paused_longer_than_the_client_timeout() -> None:
+    """``DEBUG SLEEP`` freezes Redis with its sockets open (a stalled, not a dead, store): same outcome as a kill."""
+    redis_srv = RedisServer(redis_binary(), args=("--enable-debug-command", "yes"))
+    redis_srv.start()
+    try:
+        settings = {**BREAKER, "heartbeat_interval": 0.3, "ip_rate": 1000.0, "ip_burst": 1000.0}
+        with running_server(settings, args=("--store", redis_srv.url, "--no-model")) as srv:
+            watcher = SSEClient(srv.port, "/events?topic=pause", source="127.0.0.21", timeout=15)
+            assert watcher.status == 200
+            paused = threading.Event()
+
+            def pause() -> None:        # 4 s: longer than the store (0.05 s) and history (2 s) client timeouts
+                with socket.create_connection(("127.0.0.1", redis_srv.port), timeout=30) as s:
+                    s.sendall(b"DEBUG SLEEP 4\r\n")
+                    paused.set()
+                    assert s.recv(16).startswith(b"+OK")
+
+            sleeper = threading.Thread(target=pause)
+            sleeper.start()
+            assert paused.wait(10)
+            during = wave(srv.port, 100, 13)
+            assert all(s == 200 for s in during), sorted(set(during))
+            stalled = srv.publish("pause", "maybe")
+            assert stalled.status_code in (200, 503) and "breaker" not in stalled.text
+            assert watcher.messages(1, want=lambda m: "ping" in m.comments)
+            sleeper.join(30)
+            assert not sleeper.is_alive()
+            status = 0
+            for _ in range(200):                     # bounded: until publishing works again
+                status = srv.publish("pause", "after").status_code
+                if status == 200:
+                    break
+                time.sleep(0.05)
+            assert status == 200
+            assert "after" in [m.text for m in watcher.messages(2, want=lambda m: bool(m.data))]
+            m = srv.metrics()
+            assert m.get('rate_limit_rejected_total{layer="breaker",reason="breaker"}', 0) == 0
+            assert m.get('stormguard_breaker_transitions_total{to="open"}', 0) == 0
+            watcher.close()
+            assert "Traceback" not in srv.output()
+    finally:
+        redis_srv.stop()
