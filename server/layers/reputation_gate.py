@@ -182,6 +182,10 @@ class ReputationService:
             bounds.add("store", lambda: len(local), local.max_keys, lambda: local.evictions)
         if hasattr(store, "journal"):
             bounds.add("store_journal", lambda: len(store.journal), store.journal_max, lambda: store.journal_dropped)
+            Gauge("stormguard_reputation_store_degraded", "1 while the shared store is unreachable and decisions "
+                  "come from local memory (fail_mode)", registry=r).set_function(lambda: float(store.degraded))
+            Gauge("stormguard_reputation_store_replayed", "Outage updates replayed to the shared store",
+                  registry=r).set_function(lambda: float(store.replayed))
         live = self.live
         if live is not None:
             feats = live.features
