@@ -50,7 +50,7 @@ from stormguard.server.layers.fastpath import BlockedFastPath
 from stormguard.server.layers.fastpath import build as build_fast_path
 from stormguard.server.layers.gate import ReputationGate, ReputationGateMiddleware
 from stormguard.server.layers.headlimit import HEAD_REFUSALS
-from stormguard.server.layers.identity import IdentityMiddleware
+from stormguard.server.layers.identity import IdentityMiddleware, TrustedProxies
 from stormguard.server.layers.limiter import GcraBuckets, LimiterMiddleware
 from stormguard.server.layers.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
 from stormguard.server.layers.refuse import Refuser
@@ -300,8 +300,10 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         rt.audit.record(client=ctx.identity.ip, tier=ctx.tier, score=ctx.score, layer="limiter", reason=reason,
                         action="warn", tenant=ctx.extra.get("tenant"))
 
+    trusted = TrustedProxies(s.trusted_proxies)
+    rt.client_state.add("identity_peers", trusted.cached, TrustedProxies.CACHE_SIZE)
     middleware = [
-        Middleware(IdentityMiddleware, trusted_proxies=s.trusted_proxies, proxy_headers=s.proxy_headers,
+        Middleware(IdentityMiddleware, trusted_proxies=trusted, proxy_headers=s.proxy_headers,
                    ja3_header=s.ja3_header, ja4_header=s.ja4_header, sni_header=s.sni_header, on_malformed=malformed),
         Middleware(BreakerMiddleware, breaker=rt.breaker, refuser=rt.refuser, exempt_paths=exempt),
     ]
@@ -366,6 +368,8 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     if app.fast_path is not None:
         fast = app.fast_path
         rt.client_state.add("fastpath_audit", lambda: len(fast._audited), fast.max_audit_keys)
+        if fast.trusted is not None:
+            rt.client_state.add("fastpath_peers", fast.trusted.cached, TrustedProxies.CACHE_SIZE)
         rt.metrics.fast_refusals.set_function(lambda: fast.refusals)
     return app
 
@@ -411,8 +415,16 @@ def _test_routes(rt: Runtime) -> list[Route]:
             rep = await store.get(key)
         return JSONResponse(rep.as_dict())
 
+    async def memory(request: Request) -> Response:
+        """Live interpreter memory blocks and every per-client structure's size (bounded-state tests)."""
+        import sys
+
+        gc.collect()
+        return JSONResponse({"blocks": sys.getallocatedblocks(),
+                             "structures": {k: list(v) for k, v in rt.client_state.snapshot().items()}})
+
     return [Route("/_test/error", error), Route("/_test/block", block), Route("/_test/slow", slow),
-            Route("/_test/whoami", whoami), Route("/_test/reputation", reputation)]
+            Route("/_test/whoami", whoami), Route("/_test/reputation", reputation), Route("/_test/memory", memory)]
 
 
 def create_app_from_env() -> Starlette:

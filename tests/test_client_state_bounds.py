@@ -126,3 +126,41 @@ def test_a_million_client_keys_through_the_per_client_structures():
     assert len(buckets) <= CAP and features.key_count == CAP and len(gate) == CAP and len(store) == CAP
     assert features.evicted_keys == 1_000_000 - CAP and gate.evicted == 250_000 - CAP
     assert full - half < 1000, f"the second half million keys kept {full - half} more memory blocks"
+
+
+def test_waves_of_loopback_clients_over_sockets_add_no_memory_past_the_caps():
+    """The socket-level run: waves of distinct 127.x.y.z addresses against the real server (caps 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from server_harness import SSEClient, running_server
+
+    cap, wave_size = 500, 1500
+    settings = {"live_max_keys": cap, "block_cache_size": cap, "limiter_max_entries": cap, "enable_test_routes": True,
+                "ip_rate": 1000.0, "ip_burst": 1000.0}
+
+    def connect_socket(port: int, source: str) -> int:
+        client = SSEClient(port, "/events?topic=w", source=source, timeout=15)
+        client.close()
+        return client.status
+
+    with running_server(settings, args=("--no-model",)) as srv:
+        def memory() -> dict:
+            return httpx.get(srv.url + "/_test/memory", timeout=10).json()
+
+        def wave(n: int) -> int:
+            sources = [f"127.{100 + n}.{i // 250}.{i % 250 + 1}" for i in range(wave_size)]
+            with ThreadPoolExecutor(16) as pool:
+                assert set(pool.map(lambda s: connect_socket(srv.port, s), sources)) == {200}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:   # wait until the live rules have seen the whole wave
+                if memory()["structures"]["live_queue"][0] == 0:
+                    break
+            return memory()["blocks"]
+
+        sizes = [wave(n) for n in range(3)]
+        structures = memory()["structures"]
+        for name, (entries, bound, _) in structures.items():
+            assert entries <= bound, f"{name}: {entries} entries over its bound {bound}"
+        assert structures["live_features"][0] == cap and structures["limiter_ip"][0] <= cap
+        assert sizes[2] - sizes[1] < wave_size // 5, f"a third wave kept {sizes[2] - sizes[1]} more memory blocks"

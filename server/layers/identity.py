@@ -54,9 +54,17 @@ def _forwarded_hops(value: str) -> list[str] | None:
 class TrustedProxies:
     """Membership test for the configured proxy networks, cached per peer (peers are few; lookups are many)."""
 
+    CACHE_SIZE = 4096     # peers remembered (a per-client structure: see server/ops/bounds.py)
+
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: tuple[IPNet, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self.contains: Callable[[str], bool] = lru_cache(maxsize=4096)(self._contains)
+        # no proxies configured: nothing to remember per peer (a cache here grew with every new client address)
+        self.contains: Callable[[str], bool] = (lru_cache(maxsize=self.CACHE_SIZE)(self._contains) if self.networks
+                                                else self._contains)
+
+    def cached(self) -> int:
+        info = getattr(self.contains, "cache_info", None)
+        return info().currsize if info is not None else 0
 
     def _contains(self, ip: str) -> bool:
         if not self.networks:
@@ -93,12 +101,13 @@ def check_proxy_headers(proxy_headers: Iterable[str]) -> tuple[str, ...]:
 class IdentityMiddleware:
     """Outermost layer: builds ``scope["stormguard"]`` (a :class:`RequestContext`) for every HTTP request."""
 
-    def __init__(self, app: Any, *, trusted_proxies: Iterable[str] = (),
+    def __init__(self, app: Any, *, trusted_proxies: Iterable[str] | TrustedProxies = (),
                  proxy_headers: Iterable[str] = ("x-forwarded-for",),
                  ja3_header: str = "x-ja3", ja4_header: str = "x-ja4", sni_header: str = "x-tls-sni",
                  on_malformed: Callable[[str], None] | None = None) -> None:
         self.app = app
-        self.trusted = TrustedProxies(trusted_proxies)
+        self.trusted = (trusted_proxies if isinstance(trusted_proxies, TrustedProxies)
+                        else TrustedProxies(trusted_proxies))
         self.proxy_headers = tuple(h.encode() for h in check_proxy_headers(proxy_headers))
         self.ja3_header = ja3_header.lower().encode()
         self.ja4_header = ja4_header.lower().encode()

@@ -19,6 +19,8 @@ default). Each structure registers here with ``(size, bound, evicted)`` callable
 | audit_queue      | ``audit_queue_size``            | new records dropped (counted)           |
 | fastpath_audit   | ``max_audit_keys``              | cleared when full                       |
 | quota_open       | open streams                    | an entry leaves with its last stream    |
+| identity_peers   | 4096 (only with trusted proxies)| least recently seen peer first          |
+| fastpath_peers   | 4096 (only with trusted proxies)| least recently seen peer first          |
 """
 
 from __future__ import annotations
