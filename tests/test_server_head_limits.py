@@ -172,3 +172,26 @@ def test_slow_loris_sockets_are_closed_and_open_streams_are_not(server):
     got = stream.messages(1, want=lambda m: m.text == "still here")
     assert got and got[0].text == "still here"
     stream.close()
+
+
+def test_keep_alive_and_pipelined_requests_are_served_and_a_slow_second_head_times_out(server):
+    before = refused(server, "head_timeout")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = b""
+        while answers.count(b"HTTP/1.1 200") < 2:
+            chunk = s.recv(65536)
+            assert chunk, answers
+            answers += chunk
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")      # the next head never ends
+        tail = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            tail += chunk
+        assert b"HTTP/1.1 408" in tail and tail.endswith(b"head_timeout\n")     # after the second 200's body
+    assert refused(server, "head_timeout") == before + 1
