@@ -38,6 +38,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from stormguard.scoring.stores.pool import PoolCollector
 from stormguard.server.context import RequestContext
 from stormguard.server.hub.history import AsyncHistoryBackend, HistoryBackend
 from stormguard.server.hub.history_redis import history_from_url
@@ -48,13 +49,15 @@ from stormguard.server.layers.breaker import BreakerMiddleware, CircuitBreaker
 from stormguard.server.layers.fastpath import BlockedFastPath
 from stormguard.server.layers.fastpath import build as build_fast_path
 from stormguard.server.layers.gate import ReputationGate, ReputationGateMiddleware
-from stormguard.server.layers.identity import IdentityMiddleware
+from stormguard.server.layers.headlimit import HEAD_REFUSALS
+from stormguard.server.layers.identity import IdentityMiddleware, TrustedProxies
 from stormguard.server.layers.limiter import GcraBuckets, LimiterMiddleware
 from stormguard.server.layers.quota import QuotaMiddleware, StreamQuota, TieredStreamQuota
 from stormguard.server.layers.refuse import Refuser
 from stormguard.server.layers.reputation_gate import ReputationService
 from stormguard.server.layers.retry import RetryChooser
 from stormguard.server.ops.audit import AuditLog
+from stormguard.server.ops.bounds import ClientStateBounds
 from stormguard.server.ops.loopmon import LoopMonitor
 from stormguard.server.ops.metrics import BREAKER_STATES, Metrics
 from stormguard.server.ops.settings import ServerSettings
@@ -71,7 +74,8 @@ class Runtime:
         s = self.settings = settings
         self.metrics = m = Metrics()
         self.observers = list(observers)
-        self.audit = AuditLog(s.audit_path, max_queue=s.audit_queue_size, on_drop=m.audit_dropped.inc)
+        self.audit_drops = 0
+        self.audit = AuditLog(s.audit_path, max_queue=s.audit_queue_size, on_drop=self._audit_dropped)
         self.retry = RetryChooser(s.retry_base_ms, s.retry_tier_factor, load_gain=s.retry_load_gain,
                                   degrade_factor=s.retry_degrade_factor, jitter=s.retry_jitter,
                                   shutdown_jitter=s.retry_shutdown_jitter, min_ms=s.retry_min_ms,
@@ -105,9 +109,25 @@ class Runtime:
             self.shared_limiter = RedisGcra.from_url(
                 s.limiter_url, self.ip_buckets, self.token_buckets, prefix=s.limiter_prefix,
                 on_fallback=lambda kind: m.child(fallbacks, "token" if kind == "tok" else kind).inc())
+        self.client_state = bounds = ClientStateBounds()    # every per-client structure: size, bound, evictions
+        m.registry.register(bounds)
+        self._limiter_drops = {"ip": 0, "token": 0}
+        bounds.add("limiter_ip", lambda: len(self.ip_buckets), s.limiter_max_entries,
+                   lambda: self._limiter_drops["ip"])
+        bounds.add("limiter_token", lambda: len(self.token_buckets), s.limiter_max_entries,
+                   lambda: self._limiter_drops["token"])
+        audit = self.audit
+        bounds.add("audit_queue", lambda: len(audit._queue), audit.max_queue, lambda: self.audit_drops)
+        self.redis_pools = PoolCollector()     # every Redis pool of this process: sizes, waits, timeouts
+        m.registry.register(self.redis_pools)
+        if self.shared_limiter is not None:
+            self.redis_pools.add("limiter", self.shared_limiter.client.connection_pool)
+        self.redis_pools.add("history", getattr(getattr(history, "client", None), "connection_pool", None))
         m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
         m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))
         m.breaker_state.set(0)
+        for reason, tally in HEAD_REFUSALS.items():   # counted by the HTTP protocol, below the app
+            m.rejected.tallies[("head", reason)] = tally
         self.active_by_tier: dict[str, int] = {}
         self._restore_signals: list[tuple[int, Any]] = []
         self.reputation: ReputationService | None = None
@@ -148,7 +168,12 @@ class Runtime:
     def _refused(self, ctx: RequestContext, layer: str, reason: str, action: str) -> None:
         self.emit("refusal", ctx, layer=layer, reason=reason, action=action)
 
+    def _audit_dropped(self) -> None:
+        self.audit_drops += 1
+        self.metrics.audit_dropped.inc()
+
     def _limiter_evicted(self, kind: str, lossless: bool) -> None:
+        self._limiter_drops[kind] += 1
         if not lossless:
             self.metrics.child(self.metrics.limiter_evictions, kind, "false").inc()
 
@@ -242,15 +267,21 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     rt.reputation = reputation
     if reputation is not None:
         reputation.bind(rt)
+        primary = getattr(reputation.store, "primary", reputation.store)
+        rt.redis_pools.add("store", getattr(getattr(primary, "client", None), "connection_pool", None))
     scorer = None
     if model is not None and reputation is not None:  # live model scoring, off the accept path (scoring_task.py)
         from stormguard.server.live.model import ModelScorer
 
         scorer = ModelScorer.for_runtime(model, rt, interval=s.model_interval)
+        rt.client_state.add("model_pending", lambda: len(scorer), scorer.max_pending, lambda: scorer.dropped)
     exempt = tuple(s.exempt_paths)
     if quota is None:
         quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
                                   tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
+    open_by_client = getattr(quota, "open", None)
+    if isinstance(open_by_client, dict):     # one entry per client with open streams: bounded by the streams
+        rt.client_state.add("quota_open", lambda: len(open_by_client), lambda: len(rt.hub.streams))
     verifier = None
     if s.jwt_secret or s.jwt_public_key:
         from stormguard.server.layers.tenants import JwtVerifier, TenantStreamQuota
@@ -269,8 +300,10 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         rt.audit.record(client=ctx.identity.ip, tier=ctx.tier, score=ctx.score, layer="limiter", reason=reason,
                         action="warn", tenant=ctx.extra.get("tenant"))
 
+    trusted = TrustedProxies(s.trusted_proxies)
+    rt.client_state.add("identity_peers", trusted.cached, TrustedProxies.CACHE_SIZE)
     middleware = [
-        Middleware(IdentityMiddleware, trusted_proxies=s.trusted_proxies, proxy_headers=s.proxy_headers,
+        Middleware(IdentityMiddleware, trusted_proxies=trusted, proxy_headers=s.proxy_headers,
                    ja3_header=s.ja3_header, ja4_header=s.ja4_header, sni_header=s.sni_header, on_malformed=malformed),
         Middleware(BreakerMiddleware, breaker=rt.breaker, refuser=rt.refuser, exempt_paths=exempt),
     ]
@@ -334,6 +367,9 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
                                                    paths=gate_paths, sse_paths=SSE_PATHS)
     if app.fast_path is not None:
         fast = app.fast_path
+        rt.client_state.add("fastpath_audit", lambda: len(fast._audited), fast.max_audit_keys)
+        if fast.trusted is not None:
+            rt.client_state.add("fastpath_peers", fast.trusted.cached, TrustedProxies.CACHE_SIZE)
         rt.metrics.fast_refusals.set_function(lambda: fast.refusals)
     return app
 
@@ -379,8 +415,16 @@ def _test_routes(rt: Runtime) -> list[Route]:
             rep = await store.get(key)
         return JSONResponse(rep.as_dict())
 
+    async def memory(request: Request) -> Response:
+        """Live interpreter memory blocks and every per-client structure's size (bounded-state tests)."""
+        import sys
+
+        gc.collect()
+        return JSONResponse({"blocks": sys.getallocatedblocks(),
+                             "structures": {k: list(v) for k, v in rt.client_state.snapshot().items()}})
+
     return [Route("/_test/error", error), Route("/_test/block", block), Route("/_test/slow", slow),
-            Route("/_test/whoami", whoami), Route("/_test/reputation", reputation)]
+            Route("/_test/whoami", whoami), Route("/_test/reputation", reputation), Route("/_test/memory", memory)]
 
 
 def create_app_from_env() -> Starlette:

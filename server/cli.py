@@ -107,8 +107,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ["STORMGUARD_STORE_URL"] = cfg.store.url
+    from stormguard.server.layers.headlimit import GuardedHttpToolsProtocol, HeadLimits
+    from stormguard.server.layers.identity import check_proxy_headers
+
+    try:
+        HeadLimits.from_settings(settings)
+        check_proxy_headers(settings.proxy_headers)
+    except ValueError as exc:
+        print(f"stormguard serve: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run("stormguard.server.app:create_app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, loop="uvloop", http="httptools", access_log=False, lifespan="on",
+                # httptools with the request head bounded in bytes, headers, URL and time (headlimit.py)
+                workers=args.workers, loop="uvloop", http=GuardedHttpToolsProtocol, access_log=False, lifespan="on",
                 # stormguard's identity layer decides which proxies may set the client address: uvicorn's own
                 # default would trust X-Forwarded-For from 127.0.0.1 and rewrite the address before we see it
                 proxy_headers=False, forwarded_allow_ips="",

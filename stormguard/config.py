@@ -221,7 +221,7 @@ class ServerConfig:
     stream_capacity: int = 10000          # streams at which the load used by the retry chooser reaches 1
     # identity
     trusted_proxies: tuple[str, ...] = ()
-    proxy_headers: tuple[str, ...] = ("forwarded", "x-forwarded-for")
+    proxy_headers: tuple[str, ...] = ("x-forwarded-for",)   # the ONE header the trusted proxy sets (or "forwarded")
     ja3_header: str = "x-ja3"
     ja4_header: str = "x-ja4"
     sni_header: str = "x-tls-sni"
@@ -291,6 +291,11 @@ class ServerConfig:
     audit_queue_size: int = 10000
     exempt_paths: tuple[str, ...] = ("/healthz", "/metrics")
     shutdown_grace: float = 3.0
+    # request head bounds, enforced in the HTTP protocol (server/layers/headlimit.py): 431/414/408, counted
+    head_max_bytes: int = 65536           # request line + headers
+    head_max_headers: int = 128
+    head_max_url: int = 8192
+    head_timeout: float = 10.0            # seconds from a head's first byte (or the connection) to its end
     enable_test_routes: bool = False
 
     @classmethod

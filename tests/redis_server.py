@@ -26,8 +26,9 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1:``port``."""
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.args = args
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -38,7 +39,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--protected-mode", "no", "--loglevel", "warning"],
+             "--protected-mode", "no", "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -61,6 +62,13 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye to clients (what a crashed or OOM-killed Redis looks like)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
         self.proc = None
 
     def restart(self) -> None:

@@ -159,6 +159,9 @@ def test_identity_rightmost_untrusted_hop() -> None:
     ident = mw.identify(_scope("8.8.8.8", {"X-Forwarded-For": "1.2.3.4"}))       # untrusted peer: ignored
     assert ident.ip == "8.8.8.8" and not ident.via_proxy
     ident = mw.identify(_scope("10.1.1.1", {"Forwarded": 'for="[2001:db8::1]:443";proto=https, for=10.3.3.3'}))
+    assert ident.ip == "10.1.1.1"         # the default believes X-Forwarded-For only: Forwarded is client-controlled
+    fwd = IdentityMiddleware(None, trusted_proxies=["10.0.0.0/8"], proxy_headers=("forwarded",))
+    ident = fwd.identify(_scope("10.1.1.1", {"Forwarded": 'for="[2001:db8::1]:443";proto=https, for=10.3.3.3'}))
     assert ident.ip == "2001:db8::1"
     ident = mw.identify(_scope("10.1.1.1", {"X-Forwarded-For": "1.2.3.4, not-an-ip"}))
     assert ident.ip == "10.1.1.1" and bad == ["x-forwarded-for"]

@@ -291,3 +291,8 @@ class OnlineClientFeatures:
 
     def __len__(self) -> int:
         return sum(len(w) for w in self._keys.values())
+
+    @property
+    def key_count(self) -> int:
+        """Distinct keys held (bounded by ``max_keys``)."""
+        return len(self._keys)

@@ -70,7 +70,9 @@ class RedisStore(ReputationStore):
         import redis.asyncio as aioredis
 
         # A blocking pool: a burst of concurrent callers waits for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        from stormguard.scoring.stores.pool import QueueingPool
+
+        pool = QueueingPool.from_url(
             url, max_connections=max_connections, timeout=bulk_timeout, decode_responses=True,
             socket_connect_timeout=max(timeout, 1.0), socket_timeout=bulk_timeout)
         return cls(aioredis.Redis(connection_pool=pool), options, prefix, shards)

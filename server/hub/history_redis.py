@@ -106,7 +106,7 @@ class RedisHistory:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "sg:hub", max_events: int = 1000, max_age: float = 300.0,
-                 block_ms: int = 5000, timeout: float = 2.0) -> RedisHistory:
+                 block_ms: int = 5000, timeout: float = 2.0, max_connections: int = 32) -> RedisHistory:
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -114,7 +114,13 @@ class RedisHistory:
         # one immediate retry: a pooled connection broken by a Redis restart fails once, then reconnects
         common: dict[str, Any] = {"socket_connect_timeout": min(timeout, 1.0), "retry": Retry(NoBackoff(), 1),
                                   "health_check_interval": 0}
-        client = aioredis.Redis.from_url(url, socket_timeout=timeout, **common)
+        from stormguard.scoring.stores.pool import QueueingPool
+
+        # publishes and replays share a bounded pool that queues a burst (default redis-py: one socket per caller)
+        pool = QueueingPool.from_url(url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+                                     socket_connect_timeout=common["socket_connect_timeout"],
+                                     retry=common["retry"], health_check_interval=0)
+        client = aioredis.Redis(connection_pool=pool, retry=common["retry"])
         reader = aioredis.Redis.from_url(url, socket_timeout=block_ms / 1000 + timeout, max_connections=2,
                                          **common)
         return cls(client, reader, prefix=prefix, max_events=max_events, max_age=max_age, block_ms=block_ms)

@@ -165,8 +165,8 @@ class EventsEndpoint:
         try:
             replay = await hub.open(stream, positions)
         except HistoryUnavailable:
-            # no replay, no position: pace the client (it comes back with its Last-Event-ID), count a failure
-            rt.breaker.record_failure("store")
+            # no replay, no position: pace the client (it comes back with its Last-Event-ID). Counted as a refusal
+            # (layer hub, reason store), never as a breaker failure: a store outage is not this server failing
             await rt.refuser.refuse(scope, send, layer="hub", reason="store", enforce=True)
             return
         rt.stream_opened(stream)
@@ -277,6 +277,10 @@ class PublishEndpoint:
         try:
             ev, duplicate = await self.rt.hub.publish_async(*fields)
         except HistoryUnavailable as exc:
+            # the store's outage, not ours: marked refused so the breaker does not count this 503 (it would
+            # otherwise open and keep refusing publishers for open_timeout after the store is back)
+            get_context(scope).refused = "store"
+            self.rt.metrics.reject("publish", "store")
             await _plain(send, 503, f"not published: {exc}; retry later (a repeated id is not published twice)\n",
                          [(b"retry-after", b"1")])
             return

@@ -4,8 +4,11 @@ States: *closed* → *open* when, over a **full** window, at least ``min_request
 failure share reaches ``threshold`` (a full window, so that a few errors right after start or recovery cannot trip
 it); *open* → *half-open* after ``open_timeout``; *half-open* admits at most ``probes`` requests at once and refuses
 the rest (pybreaker/aiobreaker admit everyone, which re-creates the stampede); a probe success closes it, a probe
-failure re-opens it. Failures are handler errors (5xx or exceptions), event-loop lag (:mod:`loopmon`) and, later,
-store failures — all through :meth:`CircuitBreaker.record_failure`. The clock is injectable for tests.
+failure re-opens it. Failures are handler errors (5xx or exceptions) and event-loop lag (:mod:`loopmon`, through
+:meth:`CircuitBreaker.record_failure`). Store outages are NOT failures of this server: the reputation store's
+``fail_mode`` and the hub's pacing cover them, and a 503 caused by the store is marked ``ctx.refused`` — counting
+them here opened the breaker during a Redis outage and kept refusing for ``open_timeout`` after Redis was back.
+The clock is injectable for tests.
 """
 
 from __future__ import annotations

@@ -54,9 +54,17 @@ def _forwarded_hops(value: str) -> list[str] | None:
 class TrustedProxies:
     """Membership test for the configured proxy networks, cached per peer (peers are few; lookups are many)."""
 
+    CACHE_SIZE = 4096     # peers remembered (a per-client structure: see server/ops/bounds.py)
+
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: tuple[IPNet, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self.contains: Callable[[str], bool] = lru_cache(maxsize=4096)(self._contains)
+        # no proxies configured: nothing to remember per peer (a cache here grew with every new client address)
+        self.contains: Callable[[str], bool] = (lru_cache(maxsize=self.CACHE_SIZE)(self._contains) if self.networks
+                                                else self._contains)
+
+    def cached(self) -> int:
+        info = getattr(self.contains, "cache_info", None)
+        return info().currsize if info is not None else 0
 
     def _contains(self, ip: str) -> bool:
         if not self.networks:
@@ -76,16 +84,31 @@ def token_key(scope: dict[str, Any]) -> str | None:
     return None
 
 
+def check_proxy_headers(proxy_headers: Iterable[str]) -> tuple[str, ...]:
+    """The forwarding header(s) to believe, lower-cased: at most one.
+
+    Why one: a proxy sets one of ``Forwarded``/``X-Forwarded-For`` and passes the other through from the client,
+    so with two configured and "first present wins", any client picks its own address by sending the other one.
+    Name the header your proxy sets (and have the proxy strip or overwrite the rest: README, "Behind a proxy").
+    """
+    names = tuple(h.strip().lower() for h in proxy_headers)
+    if len(names) > 1:
+        raise ValueError(f"proxy_headers = {list(names)}: name only the one forwarding header your trusted proxy "
+                         "sets (a client can send the other, and would choose its own address)")
+    return names
+
+
 class IdentityMiddleware:
     """Outermost layer: builds ``scope["stormguard"]`` (a :class:`RequestContext`) for every HTTP request."""
 
-    def __init__(self, app: Any, *, trusted_proxies: Iterable[str] = (),
-                 proxy_headers: Iterable[str] = ("forwarded", "x-forwarded-for"),
+    def __init__(self, app: Any, *, trusted_proxies: Iterable[str] | TrustedProxies = (),
+                 proxy_headers: Iterable[str] = ("x-forwarded-for",),
                  ja3_header: str = "x-ja3", ja4_header: str = "x-ja4", sni_header: str = "x-tls-sni",
                  on_malformed: Callable[[str], None] | None = None) -> None:
         self.app = app
-        self.trusted = TrustedProxies(trusted_proxies)
-        self.proxy_headers = tuple(h.lower().encode() for h in proxy_headers)
+        self.trusted = (trusted_proxies if isinstance(trusted_proxies, TrustedProxies)
+                        else TrustedProxies(trusted_proxies))
+        self.proxy_headers = tuple(h.encode() for h in check_proxy_headers(proxy_headers))
         self.ja3_header = ja3_header.lower().encode()
         self.ja4_header = ja4_header.lower().encode()
         self.sni_header = sni_header.lower().encode()

@@ -93,8 +93,14 @@ class RedisGcra:
             prefix = own["prefix"] + ":lim"
         timeout = own.get("timeout", kw.pop("timeout", 0.05))
         retry = own.get("retry_seconds", kw.pop("retry_seconds", 1.0))
-        client = aioredis.Redis.from_url(bare, decode_responses=True, max_connections=own.get("max_connections", 32),
-                                         socket_connect_timeout=max(timeout, 0.5), socket_timeout=max(timeout, 0.5))
+        from stormguard.scoring.stores.pool import QueueingPool
+
+        # bounded and queueing: a burst waits for a connection (bounded by the decision's own timeout) instead of
+        # failing with MaxConnectionsError; waits are counted (stormguard_redis_pool_queued_total{pool="limiter"})
+        pool = QueueingPool.from_url(bare, decode_responses=True, max_connections=own.get("max_connections", 32),
+                                     timeout=max(timeout, 0.5), socket_connect_timeout=max(timeout, 0.5),
+                                     socket_timeout=max(timeout, 0.5))
+        client = aioredis.Redis(connection_pool=pool)
         return cls(client, ip_local, token_local, prefix=prefix, timeout=timeout, retry_seconds=retry, **kw)
 
     def key(self, kind: str, key: str) -> str:

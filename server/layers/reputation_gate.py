@@ -48,6 +48,7 @@ class ReputationGateAdapter:
         # key -> (block_until, recheck_at, score): blocked keys only
         self._blocks: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
         self.store_reads = 0
+        self.evicted = 0
         self.local_refusals = 0
         self.errors = 0
 
@@ -64,6 +65,7 @@ class ReputationGateAdapter:
         self._blocks[key] = (block_until, now + self.recheck, score)
         while len(self._blocks) > self.max_blocks:
             self._blocks.popitem(last=False)
+            self.evicted += 1
 
     def forget(self, key: str) -> None:
         self._blocks.pop(key, None)
@@ -127,7 +129,8 @@ class ReputationService:
             self.live = LiveReputation(engine, features=features, threshold=threshold, gate=self.gate,
                                        flush_interval=settings.live_flush_interval,
                                        max_queue=settings.live_queue_size,
-                                       refusal_layers=tuple(settings.live_refusal_layers))
+                                       refusal_layers=tuple(settings.live_refusal_layers),
+                                       max_consumed=settings.live_max_keys)
         self._tasks: list[Any] = []
 
     @classmethod
@@ -167,13 +170,28 @@ class ReputationService:
         gate_errors = errors.labels("gate")
 
         def gate_error(exc: BaseException) -> None:
-            gate_errors.inc()
-            rt.breaker.record_failure("store")
+            gate_errors.inc()           # fail_mode decides; the breaker is for this server's own failures
             log.warning("reputation store read failed: %s: %s", type(exc).__name__, exc)
 
         self.gate.on_error = gate_error
+        bounds, gate = rt.client_state, self.gate
+        bounds.add("gate_blocks", lambda: len(gate), gate.max_blocks, lambda: gate.evicted)
+        store = self.store
+        local = getattr(store, "fallback", store)            # a Redis store's local mirror, or the memory store
+        if hasattr(local, "max_keys"):
+            bounds.add("store", lambda: len(local), local.max_keys, lambda: local.evictions)
+        if hasattr(store, "journal"):
+            bounds.add("store_journal", lambda: len(store.journal), store.journal_max, lambda: store.journal_dropped)
+            Gauge("stormguard_reputation_store_degraded", "1 while the shared store is unreachable and decisions "
+                  "come from local memory (fail_mode)", registry=r).set_function(lambda: float(store.degraded))
+            Gauge("stormguard_reputation_store_replayed", "Outage updates replayed to the shared store",
+                  registry=r).set_function(lambda: float(store.replayed))
         live = self.live
         if live is not None:
+            feats = live.features
+            bounds.add("live_features", lambda: feats.key_count, feats.max_keys, lambda: feats.evicted_keys)
+            bounds.add("live_consumed", lambda: len(live._consumed), live.max_consumed)
+            bounds.add("live_queue", lambda: len(live._queue), live.max_queue, lambda: live.dropped)
             live_errors = errors.labels("live")
 
             def live_error(exc: BaseException) -> None:

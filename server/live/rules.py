@@ -70,7 +70,9 @@ class LiveReputation:
                  on_drop: Callable[[], None] | None = None,
                  on_error: Callable[[BaseException], None] | None = None) -> None:
         self.engine = engine
-        self.features = features or OnlineClientFeatures("src_ip")
+        # "is None", not "or": an empty OnlineClientFeatures is falsy (__len__), and "or" silently replaced the
+        # configured one (live_max_keys) by a default-sized one, so the cap never applied
+        self.features = features if features is not None else OnlineClientFeatures("src_ip")
         self.threshold = threshold
         self.gate = gate
         self.flush_interval = flush_interval
