@@ -28,7 +28,7 @@ from typing import Any
 
 from stormguard.features.capture.dtls import DtlsTracker, looks_like_dtls_handshake
 from stormguard.features.capture.files import iter_packets
-from stormguard.features.capture.packets import Decoder
+from stormguard.features.capture.packets import TUNNEL_PORTS, Decoder
 from stormguard.features.capture.tcpstream import DETECT, HALF, HTTP, M32, TLS, WATCH, Conn, Half, OooBudget
 from stormguard.features.http.requests import HttpRequestStream, looks_like_http_request
 from stormguard.features.sniff import sniff
@@ -68,7 +68,7 @@ GC_GEN0 = 20_000
 #: Ethernet + IPv4 (no options) + the first 14 bytes of TCP/UDP: ethertype, version/IHL, total length,
 #: flags+fragment offset, protocol, src, dst, ports, TCP sequence number, data offset, flags.
 _ETH_IP4_L4 = Struct("!12xHBxH2xHxB2x4s4sHHI4xBB")
-_TUNNEL_PORTS = frozenset((4789, 4790, 6081))
+_TUNNEL_PORTS = TUNNEL_PORTS
 
 _HTTP_FIRST = frozenset(m[0] for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
                                         b"CONNECT", b"TRACE", b"PROPFIND", b"MKCOL", b"COPY", b"MOVE", b"LOCK",
@@ -224,7 +224,7 @@ class _Capture:
                             p = off + 34 + ((doff >> 4) << 2)
                             r = True
                             payload = buf[p:end] if p < end else b""
-                    elif proto == 17 and dport not in tunnel_ports:
+                    elif proto == 17 and dport not in tunnel_ports and sport not in tunnel_ports:
                         flags = seq = 0
                         r = True
                         payload = buf[off + 42:end]
@@ -300,8 +300,14 @@ class _Capture:
                         yield from done
                         set_gc(*gc_ours)
         pstats.packets += n
-        if not_used:
-            pstats.skip("packets without TCP/UDP over IP (or undecodable)", not_used)
+        if not_used:  # by the reason the decoder stopped at (link type, ethertype, encapsulation, ...)
+            for reason, count in self.decoder.skipped.items():
+                pstats.skip(f"packets skipped: {reason}", count)
+                not_used -= count
+            self.decoder.skipped.clear()
+            if not_used > 0:
+                pstats.skip("packets without TCP/UDP over IP (cut headers, fragments awaiting reassembly)",
+                            not_used)
         frags = self.decoder.fragments
         if frags:
             pstats.skip("IP fragments (reassembled where complete)", frags)
