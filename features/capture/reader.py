@@ -62,6 +62,9 @@ MAX_CONNS = 100_000
 #: connections, so a sweep costs under one check per packet): frequent enough that rows of finished connections
 #: stream out while a long capture is read, instead of all at its end.
 SWEEP_EVERY = 1 << 14
+#: Reassembled chunks of a direction tested for a TLS/HTTP start after a first chunk that is neither (junk bytes
+#: before the record), before the direction is only watched.
+PROBE_CHUNKS = 4
 #: Young-generation GC threshold while parsing (CPython's default is 700).
 GC_GEN0 = 20_000
 
@@ -352,6 +355,10 @@ class _Capture:
             if not _recognise(half, data):
                 if len(data) < 8 and (data[0] == 0x16 or data[0] in _HTTP_FIRST):
                     half.parser = bytes(data)  # too short to decide: hold the bytes and wait for more
+                elif half.probes < PROBE_CHUNKS:
+                    # junk before the record (tshark, and so FoxIO's reference, still find a hello that starts a
+                    # later segment): keep reassembling in order and test the next few segment starts too
+                    half.probes += 1
                 else:
                     half.mode = WATCH
                     half.hi_seq = half.next_seq
