@@ -44,10 +44,14 @@ from stormguard.features.tls.ja4 import ja4
 from stormguard.report import ReplayStats
 
 try:  # QUIC Initial decryption lives in its own module (and needs ``cryptography``)
-    from stormguard.features.capture.quic import QuicInitialTracker, looks_like_quic_initial
+    from stormguard.features.capture.quic import (
+        QuicInitialTracker,
+        looks_like_quic_initial,
+        unusable_long_header,
+    )
 except ImportError:  # pragma: no cover - only without the QUIC module
     QuicInitialTracker = None  # type: ignore[assignment,misc]
-    looks_like_quic_initial = None  # type: ignore[assignment]
+    looks_like_quic_initial = unusable_long_header = None  # type: ignore[assignment]
 
 #: Same as :data:`stormguard.schema.TLS_VERSION_SEP` (not imported: the schema module pulls in pandas).
 TLS_VERSION_SEP = " "
@@ -388,6 +392,10 @@ class _Capture:
         b0 = payload[0]
         if b0 & 0xC0 == 0xC0:
             if self.quic is None or not looks_like_quic_initial(payload):
+                if self.quic is not None:
+                    why = unusable_long_header(payload)
+                    if why is not None:
+                        self.stats.skip(why)
                 return
             if half is None:
                 half = self._udp_open(key, ts, frame, payload)
