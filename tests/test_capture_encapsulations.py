@@ -296,3 +296,4 @@ def test_skipped_encapsulations_are_counted_by_reason(tmp_path: Path) -> None:
         "802.11 protected (encrypted) data frame": 1, "802.11 data frame without payload (null data)": 1,
         "link type 189 not decoded": 1,
     }, stats.skipped
+    assert [str(p) for p in stats.problems] == ["skip.pcapng: 1 packet(s) skipped: link type 189 not decoded"]

@@ -311,6 +311,8 @@ class _Capture:
             for reason, count in self.decoder.skipped.items():
                 pstats.skip(f"packets skipped: {reason}", count)
                 not_used -= count
+                if reason.startswith(("link type", "PPI carrying")):  # the file's own fault: name it
+                    pstats.warn(self.name, f"{count} packet(s) skipped: {reason}")
             self.decoder.skipped.clear()
             if not_used > 0:
                 pstats.skip("packets without TCP/UDP over IP (cut headers, fragments awaiting reassembly)",
