@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
-from stormguard.server.context import SCOPE_KEY, ClientIdentity, RequestContext
+from stormguard.server.context import SCOPE_KEY, TLS_STATE_KEY, ClientIdentity, RequestContext
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -107,6 +107,9 @@ class IdentityMiddleware:
         client = scope.get("client") or ("", 0)
         peer, port = client[0], client[1]
         ident = ClientIdentity(ip=peer, port=port, peer_ip=peer, token_key=token_key(scope))
+        hello = (scope.get("state") or {}).get(TLS_STATE_KEY)  # TLS terminated here: the hello we read ourselves
+        if hello is not None:
+            ident.ja3, ident.ja4, ident.sni, ident.alpn = hello["ja3"], hello["ja4"], hello["sni"], hello["alpn"]
         if not self.trusted.contains(peer):
             return ident
         headers: dict[bytes, bytes] = {}
@@ -123,9 +126,12 @@ class IdentityMiddleware:
             if ip is not None:
                 ident.ip, ident.via_proxy, ident.port = ip, True, 0
             break
-        ident.ja3 = self._fingerprint(headers.get(self.ja3_header), "ja3")
-        ident.ja4 = self._fingerprint(headers.get(self.ja4_header), "ja4")
-        ident.sni = self._fingerprint(headers.get(self.sni_header), "sni")
+        # a trusted proxy in front saw the real client's hello: its headers win over the proxy's own hello
+        for attr, hname, kind in (("ja3", self.ja3_header, "ja3"), ("ja4", self.ja4_header, "ja4"),
+                                  ("sni", self.sni_header, "sni")):
+            raw = headers.get(hname)
+            if raw is not None or hello is None:
+                setattr(ident, attr, self._fingerprint(raw, kind))
         return ident
 
     def _client_from(self, hname: bytes, raw: bytes) -> str | None:
