@@ -128,6 +128,12 @@ def _curl_client(port: int, cport: int) -> dict:
     return json.loads(out)
 
 
+def _hellos(path: Path, port: int) -> dict[int, dict]:
+    if not path.exists():
+        return {}
+    return {r["src_port"]: r for r in read_capture(path, ReplayStats()) if r["proto"] == "tls" and r["dst_port"] == port}
+
+
 def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     server = TlsServer({"enable_test_routes": True}, args=("--tls-cert", str(cert), "--tls-key", str(key)))
@@ -138,12 +144,15 @@ def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
         for client in (_python_client, _curl_client):
             cport = free_port()
             seen[cport] = client(server.port, cport)
+        # the capture lags the sockets: wait (bounded) until both handshakes are in the file before stopping it
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not set(seen) <= set(_hellos(recorder.out, server.port)):
+            time.sleep(0.1)
     finally:
         server.stop()
         os.unlink(server.log.name)
         recorder.stop()
-    rows = {r["src_port"]: r for r in read_capture(recorder.out, ReplayStats())
-            if r["proto"] == "tls" and r["dst_port"] == server.port}
+    rows = _hellos(recorder.out, server.port)
     tshark = subprocess.run(["tshark", "-n", "-r", str(recorder.out), "-d", f"tcp.port=={server.port},tls",
                              "-Y", "tls.handshake.type == 1", "-T", "fields", "-e", "tcp.srcport",
                              "-e", "tls.handshake.ja3"], capture_output=True, text=True, timeout=60,
