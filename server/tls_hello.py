@@ -3,11 +3,12 @@
 ``stormguard serve --tls-cert CERT --tls-key KEY`` runs uvicorn *without* its own TLS and with
 :class:`HelloHttpProtocol` as the HTTP protocol. For each accepted connection it collects the client's first
 bytes until one ClientHello is complete (parsed by the same code that replay uses, so the JA3/JA4 are those replay
-computes from a capture of the same handshake), then starts TLS over the same transport with a standard
-``asyncio.sslproto.SSLProtocol`` fed with exactly the bytes already read, and hands the decrypted stream to
-uvicorn's own httptools protocol. That protocol is given the fingerprint in its per-connection copy of the ASGI
-``state`` (``scope["state"][TLS_STATE_KEY]``: ``ja3``, ``ja3_string``, ``ja4``, ``ja4_r``, ``sni``, ``alpn``), which the
-identity layer reads — the same fields trusted proxies pass in headers.
+computes from a capture of the same handshake), then starts TLS over the same transport with the loop's TLS
+protocol (uvloop's under uvloop, as uvicorn's own TLS; else ``asyncio.sslproto.SSLProtocol``), fed with exactly
+the bytes already read, and hands the decrypted stream to uvicorn's own httptools protocol. That protocol gets
+the fingerprint in its per-connection copy of the ASGI ``state`` (``scope["state"][TLS_STATE_KEY]``: ``ja3``,
+``ja3_string``, ``ja4``, ``ja4_r``, ``sni``, ``alpn``), which the identity layer reads: the same fields trusted
+proxies pass in headers.
 
 Bounded: at most :data:`MAX_HELLO_BYTES` are buffered, and a client that has not completed a ClientHello within
 :data:`HELLO_TIMEOUT` seconds is disconnected. Bytes that are not a TLS ClientHello are handed to the TLS layer as
@@ -57,6 +58,16 @@ def fingerprint(ch: ClientHello) -> dict[str, Any]:
             "alpn": ch.alpn_str if ch.alpn else None}
 
 
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> type:
+    """The TLS protocol of the running loop: uvloop's (compiled, what uvicorn's own TLS uses there) or asyncio's."""
+    try:
+        import uvloop
+        from uvloop.loop import SSLProtocol as UvSSLProtocol  # same constructor as asyncio.sslproto.SSLProtocol
+    except ImportError:  # pragma: no cover - uvloop is a runtime dependency
+        return SSLProtocol
+    return UvSSLProtocol if isinstance(loop, uvloop.Loop) else SSLProtocol
+
+
 class HelloHttpProtocol(asyncio.Protocol):
     """uvicorn HTTP protocol class: TLS terminated here, after reading the ClientHello (see the module doc)."""
 
@@ -98,8 +109,8 @@ class HelloHttpProtocol(asyncio.Protocol):
             state[TLS_STATE_KEY] = fp
         inner = HttpToolsProtocol(config=self.config, server_state=self.server_state, app_state=state,
                                   _loop=self.loop)
-        tls = SSLProtocol(self.loop, inner, server_context(), None, server_side=True,
-                          ssl_handshake_timeout=HELLO_TIMEOUT)
+        tls = _ssl_protocol_class(self.loop)(self.loop, inner, server_context(), None, server_side=True,
+                                             ssl_handshake_timeout=HELLO_TIMEOUT)
         transport.set_protocol(tls)
         tls.connection_made(transport)
         data, self.buf = bytes(self.buf), bytearray()
