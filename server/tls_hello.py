@@ -62,7 +62,9 @@ def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> type:
     """The TLS protocol of the running loop: uvloop's (compiled, what uvicorn's own TLS uses there) or asyncio's."""
     try:
         import uvloop
-        from uvloop.loop import SSLProtocol as UvSSLProtocol  # same constructor as asyncio.sslproto.SSLProtocol
+        from uvloop.loop import (
+            SSLProtocol as UvSSLProtocol,  # same constructor as asyncio.sslproto.SSLProtocol
+        )
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency
         return SSLProtocol
     return UvSSLProtocol if isinstance(loop, uvloop.Loop) else SSLProtocol
