@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import os
-import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,6 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["STORMGUARD_STORE_URL"] = cfg.store.url
     http = "httptools"
     if args.tls_cert:  # TLS terminated in process, the ClientHello fingerprinted on the way (server/tls_hello.py)
+        import ssl
+
         from stormguard.server.tls_hello import CERT_ENV, KEY_ENV, server_context
 
         try:
