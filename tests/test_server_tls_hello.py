@@ -2,22 +2,25 @@
 
 The real server runs under uvicorn on 127.0.0.1 with a self-signed certificate; tshark records the loopback
 interface meanwhile. curl and Python's ssl module each make a request to ``/_test/whoami`` (which echoes the
-identity the server built) from a known client port. For each, the JA3/JA4/SNI/ALPN the server saw must equal what
+identity the server built) from a known client port, and headless Chromium loads it. For each, the JA3/JA4/SNI/ALPN the server saw must equal what
 ``read_capture`` computes from the recorded handshake, and the JA3 must equal tshark's own for that packet.
 """
 
 from __future__ import annotations
 
 import datetime
+import html
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,6 +131,25 @@ def _curl_client(port: int, cport: int) -> dict:
     return json.loads(out)
 
 
+def _chromium_client(port: int) -> dict:
+    """Headless Chromium loads /_test/whoami (its client port is its own choice; matched by fingerprint)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("STORMGUARD_CORPUS"):
+            pytest.fail("chromium not installed — required in CI ($STORMGUARD_CORPUS is set)")
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    with tempfile.TemporaryDirectory(prefix="stormguard-chromium-") as profile:
+        out = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", "--disable-dev-shm-usage", "--ignore-certificate-errors",
+                              f"--user-data-dir={profile}", f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
+                              "--dump-dom", f"https://{HOST}:{port}/_test/whoami"],
+                             capture_output=True, text=True, timeout=90, check=True).stdout
+    m = re.search(r"<pre[^>]*>(.*?)</pre>", out, flags=re.S)
+    assert m, out[:500]
+    return json.loads(html.unescape(m.group(1)))
+
+
 def _hellos(path: Path, port: int) -> dict[int, dict]:
     if not path.exists():
         return {}
@@ -144,9 +166,13 @@ def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
         for client in (_python_client, _curl_client):
             cport = free_port()
             seen[cport] = client(server.port, cport)
-        # the capture lags the sockets: wait (bounded) until both handshakes are in the file before stopping it
+        browser = _chromium_client(server.port)
+        # the capture lags the sockets: wait (bounded) until the handshakes are in the file before stopping it
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not set(seen) <= set(_hellos(recorder.out, server.port)):
+        while time.monotonic() < deadline:
+            recorded = _hellos(recorder.out, server.port)
+            if set(seen) <= set(recorded) and any(r["ja3"] == browser["ja3"] for r in recorded.values()):
+                break
             time.sleep(0.1)
     finally:
         server.stop()
@@ -164,3 +190,10 @@ def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
         assert (who["ja3"], who["ja4"], who["sni"], who["alpn"]) == (r["ja3"], r["ja4"], r["sni"], r["alpn"])
         assert theirs[cport] == who["ja3"]
     assert len({w["ja3"] for w in seen.values()}) == 2  # curl and Python's ssl really differ
+    # Chromium: its own client ports, several connections, and it permutes its extensions per connection (the
+    # JA3s of its connections differ): the hello the server answered is the recorded one with the same JA3
+    others = [r for p, r in rows.items() if p not in seen and r["sni"] == HOST]  # (health checks have no SNI)
+    assert browser["sni"] == HOST and browser["alpn"] == "h2,http/1.1", browser
+    same = [r for r in others if r["ja3"] == browser["ja3"]]
+    assert same and all((r["ja4"], r["alpn"]) == (browser["ja4"], browser["alpn"]) for r in same), (browser, others)
+    assert browser["ja3"] in {theirs[r["src_port"]] for r in others}
