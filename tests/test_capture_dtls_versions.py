@@ -3,7 +3,8 @@
 A real ClientHello from the corpus (curl's, ``salesforce-ja3/ssl-curl.pcap``) is turned into a DTLS ClientHello
 (legacy version DTLS 1.0 0xfeff, 1.2 0xfefd, 1.3's 0xfefc, and OpenSSL's pre-standard 0x0100; an empty cookie) and
 sent whole, fragmented over several records in one datagram, over several datagrams out of order with a duplicate,
-and as the second ClientHello after a HelloVerifyRequest (with the cookie). Every hello tshark fingerprints (all
+and as the second ClientHello after a HelloVerifyRequest (with the cookie); and once inside CAPWAP's DTLS header (a
+wireless access point to its controller). Every hello tshark fingerprints (all
 but the out-of-order ones: tshark 4.0 lists their fragments without a JA3), read_capture finds from the same frame
 with the same JA3; read_capture finds every generated hello, with the JA3 tshark gives that DTLS version and the
 JA4 FoxIO's reference computes: the TLS hello's JA4 with transport ``d`` and the version characters of the DTLS
@@ -102,6 +103,11 @@ def test_dtls_versions_fragments_and_retries_match_tshark(curl: tuple, tmp_path:
         frames += [eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(port, 4433, d)))
                    for d in _datagrams(_dtls_body(body, version, cookie), version, "records", mseq=1)]
         expect[port] = (version, "hello-verify-retry", [first, len(frames)], "d" + vchars + ja4[3:])
+    # a wireless access point's DTLS hello to its controller: CAPWAP control channel, DTLS header (preamble 1)
+    port += 1
+    frames.append(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(port, 5246, b"\x01\x00\x00\x00" + _datagrams(
+        _dtls_body(body, 0xFEFD, b""), 0xFEFD, "whole")[0]))))
+    expect[port] = (0xFEFD, "capwap-dtls", [len(frames)], "dd2" + ja4[3:])
     path = write_pcap(tmp_path / "dtls.pcap", frames)
 
     # tshark lists every fragment of an out-of-order hello but fingerprints none of them: only rows with a JA3

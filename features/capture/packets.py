@@ -6,8 +6,8 @@ ClientHello or HTTP request. Handles Ethernet with 802.1Q/QinQ VLAN tags, MPLS a
 IP, BSD null/loopback (either byte order), PPP, IEEE 802.11 (bare, radiotap, Prism, AVS, PPI; LLC/SNAP data
 frames), IPv4 (fragments reassembled, bounded), IPv6 extension headers (hop-by-hop, routing, fragment, destination
 options, AH), and tunnels: IP-in-IP/6in4, GRE (keys, sequence numbers, transparent Ethernet bridging, ERSPAN
-I/II/III), VXLAN (UDP 4789), Geneve (UDP 6081), GTP-U (UDP 2152), CAPWAP data (UDP 5247, 802.3 or 802.11 frames)
-and Teredo (UDP 3544).
+I/II/III), VXLAN (UDP 4789), Geneve (UDP 6081), GTP-U (UDP 2152), CAPWAP (UDP 5247 data in clear: 802.3 or
+802.11 frames; UDP 5246/5247 DTLS: the DTLS records, for the ClientHello) and Teredo (UDP 3544).
 
 A packet that cannot be used is counted in :attr:`Decoder.skipped` under the reason it stopped at (link type,
 non-IP ethertype, encrypted 802.11 frame, fragmented CAPWAP, truncated header, ...), so a replay can say which
@@ -33,7 +33,8 @@ LT_AVS = 163
 LT_PPI = 192
 
 #: UDP ports of the tunnels unwrapped here (a packet to or from one of them goes through the general decoder).
-TUNNEL_PORTS = frozenset((4789, 4790, 6081, 2152, 5247, 3544))
+TUNNEL_PORTS = frozenset((4789, 4790, 6081, 2152, 5246, 5247, 3544))
+_CAPWAP = (5246, 5247)  # control and data channels
 _SNAP = b"\xaa\xaa\x03\x00\x00\x00"
 _SNAP_BRIDGE = b"\xaa\xaa\x03\x00\x00\xf8"  # 802.1H bridge tunnel encapsulation
 #: Distinct skip reasons kept at most (the rest are counted under one catch-all reason).
@@ -335,6 +336,8 @@ class Decoder:
                 r = self.udp_tunnel(sport, dport, buf, p, end, depth + 1)
                 if r is not False:
                     return r
+                if (sport in _CAPWAP or dport in _CAPWAP) and end - p > 5 and buf[p] == 1 and buf[p + 4] == 22:
+                    p += 4  # CAPWAP DTLS header (preamble type 1): the DTLS records (a ClientHello) follow
             return 17, src, dst, sport, dport, 0, 0, buf[p:end]
         if depth >= MAX_DEPTH:
             return self.skip("tunnels nested too deep")
@@ -377,9 +380,7 @@ class Decoder:
                     q += n
                     nxt = buf[q - 1]
             return self.ip(buf, q, end, depth)
-        if dport == 5247 or sport == 5247:  # CAPWAP data channel
-            if end - p < 8 or buf[p] != 0:
-                return self.skip("CAPWAP data not in clear (DTLS) or malformed")
+        if (dport == 5247 or sport == 5247) and end - p >= 8 and buf[p] == 0:  # CAPWAP data channel, in clear
             b1, b2, b3 = buf[p + 1], buf[p + 2], buf[p + 3]
             q = p + ((b1 >> 3) << 2)
             if b3 & 0x80:
