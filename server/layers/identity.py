@@ -126,12 +126,11 @@ class IdentityMiddleware:
             if ip is not None:
                 ident.ip, ident.via_proxy, ident.port = ip, True, 0
             break
-        # a trusted proxy in front saw the real client's hello: its headers win over the proxy's own hello
-        for attr, hname, kind in (("ja3", self.ja3_header, "ja3"), ("ja4", self.ja4_header, "ja4"),
-                                  ("sni", self.sni_header, "sni")):
-            raw = headers.get(hname)
-            if raw is not None or hello is None:
-                setattr(ident, attr, self._fingerprint(raw, kind))
+        # the peer is a trusted proxy: the hello this server read is the proxy's own, only its headers count
+        ident.ja3 = self._fingerprint(headers.get(self.ja3_header), "ja3")
+        ident.ja4 = self._fingerprint(headers.get(self.ja4_header), "ja4")
+        ident.sni = self._fingerprint(headers.get(self.sni_header), "sni")
+        ident.alpn = None
         return ident
 
     def _client_from(self, hname: bytes, raw: bytes) -> str | None:
