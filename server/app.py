@@ -395,7 +395,7 @@ def _test_routes(rt: Runtime) -> list[Route]:
         ctx = request.scope["stormguard"]
         ident = ctx.identity
         return JSONResponse({"ip": ident.ip, "peer_ip": ident.peer_ip, "via_proxy": ident.via_proxy,
-                             "ja3": ident.ja3, "ja4": ident.ja4, "sni": ident.sni, "tier": ctx.tier,
+                             "ja3": ident.ja3, "ja4": ident.ja4, "sni": ident.sni, "alpn": ident.alpn, "tier": ctx.tier,
                              "state": request.state.stormguard is ctx})
 
     async def reputation(request: Request) -> Response:

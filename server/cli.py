@@ -116,9 +116,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stormguard serve: {exc}", file=sys.stderr)
         return 2
+    # httptools with the request head bounded in bytes, headers, URL and time (headlimit.py)
+    http: Any = GuardedHttpToolsProtocol
+    if args.tls_cert:  # TLS terminated in process, the ClientHello fingerprinted on the way (server/tls_hello.py)
+        import ssl
+
+        from stormguard.server.tls_hello import CERT_ENV, KEY_ENV, server_context
+
+        try:
+            server_context(args.tls_cert, args.tls_key)  # fail here with one clear line
+        except (OSError, ssl.SSLError) as exc:
+            print(f"stormguard serve: --tls-cert/--tls-key: {exc}", file=sys.stderr)
+            return 2
+        os.environ[CERT_ENV] = str(Path(args.tls_cert).resolve())
+        os.environ[KEY_ENV] = str(Path(args.tls_key).resolve()) if args.tls_key else ""
+        http = "stormguard.server.tls_hello:HelloHttpProtocol"
     uvicorn.run("stormguard.server.app:create_app_from_env", factory=True, host=args.host, port=args.port,
-                # httptools with the request head bounded in bytes, headers, URL and time (headlimit.py)
-                workers=args.workers, loop="uvloop", http=GuardedHttpToolsProtocol, access_log=False, lifespan="on",
+                workers=args.workers, loop="uvloop", http=http, access_log=False, lifespan="on",
                 # stormguard's identity layer decides which proxies may set the client address: uvicorn's own
                 # default would trust X-Forwarded-For from 127.0.0.1 and rewrite the address before we see it
                 proxy_headers=False, forwarded_allow_ips="",
@@ -151,6 +165,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    "off the accept path (default: [server] model, i.e. data/default-model.skops of this checkout)")
     g.add_argument("--no-model", action="store_true", help="no live model scoring")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.add_argument("--tls-cert", metavar="PEM", help="terminate TLS here (certificate chain, PEM) and fingerprint "
+                   "each client's ClientHello (JA3/JA4/SNI/ALPN) for the identity layer")
+    p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert (if not in the same file)")
     p.set_defaults(func=cmd_serve)
     return p
 

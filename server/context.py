@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCOPE_KEY = "stormguard"
+#: Key of the ClientHello fingerprint in the ASGI ``state`` when this server terminates TLS (server/tls_hello.py).
+TLS_STATE_KEY = "stormguard.tls_hello"
 
 
 @dataclass(slots=True)
@@ -23,6 +25,7 @@ class ClientIdentity:
     ja3: str | None = None
     ja4: str | None = None
     sni: str | None = None
+    alpn: str | None = None        # offered ALPN list (from the ClientHello this server read itself)
     token_key: str | None = None   # short hash of the bearer token (the token itself is never stored)
 
 

@@ -3,9 +3,15 @@
 :meth:`Decoder.decode` returns ``(ipproto, src, dst, sport, dport, tcp_flags, tcp_seq, payload)`` for a TCP or UDP
 packet (addresses as packed bytes, ``payload`` a ``bytes`` slice), or ``None`` for anything that cannot carry a
 ClientHello or HTTP request. Handles Ethernet with 802.1Q/QinQ VLAN tags, MPLS and PPPoE, Linux SLL/SLL2, raw
-IP, BSD null/loopback (either byte order), PPP, IPv4 (fragments reassembled, bounded), IPv6 extension headers
-(hop-by-hop, routing, fragment, destination options, AH), and tunnels: IP-in-IP, GRE (keys, sequence numbers,
-transparent Ethernet bridging, ERSPAN I/II/III), VXLAN (UDP 4789) and Geneve (UDP 6081).
+IP, BSD null/loopback (either byte order), PPP, IEEE 802.11 (bare, radiotap, Prism, AVS, PPI; LLC/SNAP data
+frames), IPv4 (fragments reassembled, bounded), IPv6 extension headers (hop-by-hop, routing, fragment, destination
+options, AH), and tunnels: IP-in-IP/6in4, GRE (keys, sequence numbers, transparent Ethernet bridging, ERSPAN
+I/II/III), VXLAN (UDP 4789), Geneve (UDP 6081), GTP-U (UDP 2152), CAPWAP (UDP 5247 data in clear: 802.3 or
+802.11 frames; UDP 5246/5247 DTLS: the DTLS records, for the ClientHello) and Teredo (UDP 3544).
+
+A packet that cannot be used is counted in :attr:`Decoder.skipped` under the reason it stopped at (link type,
+non-IP ethertype, encrypted 802.11 frame, fragmented CAPWAP, truncated header, ...), so a replay can say which
+encapsulations it skipped instead of dropping them silently.
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ LT_PPP = 9
 LT_RAW = 101
 LT_LINUX_SLL = 113
 LT_LINUX_SLL2 = 276
+LT_IEEE802_11 = 105
+LT_PRISM = 119
+LT_RADIOTAP = 127
+LT_AVS = 163
+LT_PPI = 192
+
+#: UDP ports of the tunnels unwrapped here (a packet to or from one of them goes through the general decoder).
+TUNNEL_PORTS = frozenset((4789, 4790, 6081, 2152, 5246, 5247, 3544))
+_CAPWAP = (5246, 5247)  # control and data channels
+_SNAP = b"\xaa\xaa\x03\x00\x00\x00"
+_SNAP_BRIDGE = b"\xaa\xaa\x03\x00\x00\xf8"  # 802.1H bridge tunnel encapsulation
+#: Distinct skip reasons kept at most (the rest are counted under one catch-all reason).
+MAX_REASONS = 256
 
 _VLAN = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
 MAX_DEPTH = 4
@@ -31,12 +50,20 @@ MAX_FRAG_TOTAL = 16 << 20  # bytes of incomplete datagrams kept at most
 class Decoder:
     """Packet decoder with the little state it needs (IP fragment reassembly)."""
 
-    __slots__ = ("frags", "fragments", "frag_bytes")
+    __slots__ = ("frags", "fragments", "frag_bytes", "skipped")
 
     def __init__(self) -> None:
         self.frags: dict[tuple, list] = {}
         self.fragments = 0  # fragments seen (for the stats)
         self.frag_bytes = 0  # bytes held over all incomplete datagrams
+        self.skipped: dict[str, int] = {}  # reason -> packets not decoded for it
+
+    def skip(self, reason: str) -> None:
+        """Count one packet that cannot be used, under ``reason`` (returns nothing: callers return ``None``)."""
+        sk = self.skipped
+        if reason not in sk and len(sk) >= MAX_REASONS:
+            reason = "not decoded (other reasons)"
+        sk[reason] = sk.get(reason, 0) + 1
 
     def decode(self, lt: int, buf: bytes, off: int, end: int) -> Decoded | None:
         try:
@@ -65,8 +92,24 @@ class Decoder:
                 return None
             if lt in (9, 50, 51, 104):
                 return self.ppp(buf, off, end, 0)
-            return None
+            if lt == LT_IEEE802_11:
+                return self.dot11(buf, off, end, 0)
+            if lt == LT_RADIOTAP:  # little-endian header length at byte 2
+                return self.dot11(buf, off + unpack_from("<H", buf, off + 2)[0], end, 0)
+            if lt == LT_PRISM:
+                return self.dot11(buf, off + 144, end, 0)
+            if lt == LT_AVS:  # big-endian header length at byte 4
+                return self.dot11(buf, off + unpack_from(">I", buf, off + 4)[0], end, 0)
+            if lt == LT_PPI:  # little-endian header length at byte 2, the link type of what follows at byte 4
+                hlen, dlt = unpack_from("<HI", buf, off + 2)
+                if dlt == LT_IEEE802_11:
+                    return self.dot11(buf, off + hlen, end, 0)
+                if dlt == LT_ETHERNET:
+                    return self.ether(buf, off + hlen, end, 0)
+                return self.skip(f"PPI carrying link type {dlt}")
+            return self.skip(f"link type {lt} not decoded")
         except Exception:  # struct.error on a cut header, ...: not a packet we can use
+            self.skip("truncated or malformed header")
             return None
 
     # --- link layers -------------------------------------------------------------------------------------
@@ -84,7 +127,42 @@ class Decoder:
             return self.ipv4(buf, off, end, depth)
         if et == 0x86DD:
             return self.ipv6(buf, off, end, depth)
+        if et <= 1500:  # an 802.3 length field: LLC follows (SNAP carries an ethertype)
+            if buf[off:off + 6] in (_SNAP, _SNAP_BRIDGE):
+                return self.l3((buf[off + 6] << 8) | buf[off + 7], buf, off + 8, end, depth)
+            return self.skip("802.3/LLC frame without SNAP (not IP)")
         return self.l3(et, buf, off, end, depth)
+
+    def dot11(self, buf: bytes, off: int, end: int, depth: int, swap: bool = False) -> Decoded | None:
+        """An IEEE 802.11 frame: data frames with an LLC/SNAP header carry IP; the rest is counted and skipped.
+
+        ``swap``: the two frame-control bytes may be swapped (some access points send them so in CAPWAP;
+        Wireshark's ``capwap.swap_fc`` is on by default): read them swapped when only that makes a data frame.
+        """
+        if end - off < 24:
+            return self.skip("802.11 frame too short")
+        fc, flags = buf[off], buf[off + 1]
+        if swap and (fc >> 2) & 3 != 2 and (flags >> 2) & 3 == 2:
+            fc, flags = flags, fc
+        if (fc >> 2) & 3 != 2:
+            return self.skip("802.11 management/control frame")
+        sub = fc >> 4
+        if sub & 4:
+            return self.skip("802.11 data frame without payload (null data)")
+        if flags & 0x40:
+            return self.skip("802.11 protected (encrypted) data frame")
+        p = off + 24
+        if flags & 3 == 3:
+            p += 6  # four addresses (WDS / mesh)
+        if sub & 8:  # QoS data: QoS control, and an HT control field when the order bit is set
+            p += 2
+            if flags & 0x80:
+                p += 4
+        if end - p < 8:
+            return self.skip("802.11 frame too short")
+        if buf[p:p + 6] not in (_SNAP, _SNAP_BRIDGE):
+            return self.skip("802.11 data frame without LLC/SNAP (A-MSDU or not IP)")
+        return self.l3((buf[p + 6] << 8) | buf[p + 7], buf, p + 8, end, depth)
 
     def l3(self, et: int, buf: bytes, off: int, end: int, depth: int) -> Decoded | None:
         if et == 0x0800:
@@ -106,7 +184,7 @@ class Decoder:
             if end - off < 8:
                 return None
             return self.ppp_proto((buf[off + 6] << 8) | buf[off + 7], buf, off + 8, end, depth)
-        return None
+        return self.skip(f"ethertype 0x{et:04x} (not IP)")
 
     def ppp(self, buf: bytes, off: int, end: int, depth: int) -> Decoded | None:
         if end - off < 4:
@@ -124,7 +202,7 @@ class Decoder:
             return self.ipv4(buf, off, end, depth)
         if proto == 0x57:
             return self.ipv6(buf, off, end, depth)
-        return None
+        return self.skip(f"PPP protocol 0x{proto:04x} (not IP)")
 
     # --- IP ----------------------------------------------------------------------------------------------
     def ip(self, buf: bytes, off: int, end: int, depth: int) -> Decoded | None:
@@ -135,7 +213,7 @@ class Decoder:
             return self.ipv4(buf, off, end, depth)
         if v == 6:
             return self.ipv6(buf, off, end, depth)
-        return None
+        return self.skip("not IPv4/IPv6 where IP was expected")
 
     def ipv4(self, buf: bytes, off: int, end: int, depth: int) -> Decoded | None:
         if end - off < 20:
@@ -254,30 +332,74 @@ class Decoder:
                 return None
             sport, dport = unpack_from("!HH", buf, off)
             p = off + 8
-            if depth < MAX_DEPTH:
-                if (dport == 4789 or dport == 4790) and end - p >= 22 and buf[p] & 0x08:  # VXLAN / VXLAN-GPE
-                    if buf[p] & 0x04:  # GPE: next-protocol byte (1 IPv4, 2 IPv6, 3 Ethernet)
-                        nxt = buf[p + 3]
-                        if nxt == 3:
-                            return self.ether(buf, p + 8, end, depth + 1)
-                        return self.ip(buf, p + 8, end, depth + 1) if nxt in (1, 2) else None
-                    return self.ether(buf, p + 8, end, depth + 1)
-                if dport == 6081 and end - p >= 8 and buf[p] >> 6 == 0:  # Geneve
-                    et = (buf[p + 2] << 8) | buf[p + 3]
-                    q = p + 8 + ((buf[p] & 0x3F) << 2)
-                    if et == 0x6558:
-                        return self.ether(buf, q, end, depth + 1)
-                    return self.l3(et, buf, q, end, depth + 1)
+            if depth < MAX_DEPTH and (dport in TUNNEL_PORTS or sport in TUNNEL_PORTS):
+                r = self.udp_tunnel(sport, dport, buf, p, end, depth + 1)
+                if r is not False:
+                    return r
+                if (sport in _CAPWAP or dport in _CAPWAP) and end - p > 5 and buf[p] == 1 and buf[p + 4] == 22:
+                    p += 4  # CAPWAP DTLS header (preamble type 1): the DTLS records (a ClientHello) follow
             return 17, src, dst, sport, dport, 0, 0, buf[p:end]
         if depth >= MAX_DEPTH:
-            return None
+            return self.skip("tunnels nested too deep")
         if proto == 47:
             return self.gre(buf, off, end, depth + 1)
         if proto == 4:
             return self.ipv4(buf, off, end, depth + 1)
         if proto == 41:
             return self.ipv6(buf, off, end, depth + 1)
-        return None
+        return self.skip(f"IP protocol {proto} (not TCP/UDP)")
+
+    def udp_tunnel(self, sport: int, dport: int, buf: bytes, p: int, end: int, depth: int
+                   ) -> Decoded | None | bool:
+        """The packet inside a UDP tunnel, ``None`` if it holds nothing usable, ``False`` if it is no tunnel."""
+        if (dport == 4789 or dport == 4790) and end - p >= 22 and buf[p] & 0x08:  # VXLAN / VXLAN-GPE
+            if buf[p] & 0x04:  # GPE: next-protocol byte (1 IPv4, 2 IPv6, 3 Ethernet)
+                nxt = buf[p + 3]
+                if nxt == 3:
+                    return self.ether(buf, p + 8, end, depth)
+                return self.ip(buf, p + 8, end, depth) if nxt in (1, 2) else self.skip("VXLAN-GPE not IP/Ethernet")
+            return self.ether(buf, p + 8, end, depth)
+        if dport == 6081 and end - p >= 8 and buf[p] >> 6 == 0:  # Geneve
+            et = (buf[p + 2] << 8) | buf[p + 3]
+            q = p + 8 + ((buf[p] & 0x3F) << 2)
+            if et == 0x6558:
+                return self.ether(buf, q, end, depth)
+            return self.l3(et, buf, q, end, depth)
+        if (dport == 2152 or sport == 2152) and end - p >= 8 and buf[p] >> 5 == 1 and buf[p] & 0x10:  # GTP-U v1
+            if buf[p + 1] != 0xFF:
+                return self.skip("GTP-U message other than G-PDU")
+            flags = buf[p]
+            q = p + 8
+            if flags & 7:  # sequence number, N-PDU number and next-extension type follow
+                q += 4
+                nxt = buf[q - 1]
+                while nxt and q < end:  # extension headers: length in 4-byte units, next type last
+                    n = buf[q] << 2
+                    if not n:
+                        return self.skip("malformed GTP-U extension header")
+                    q += n
+                    nxt = buf[q - 1]
+            return self.ip(buf, q, end, depth)
+        if (dport == 5247 or sport == 5247) and end - p >= 8 and buf[p] == 0:  # CAPWAP data channel, in clear
+            b1, b2, b3 = buf[p + 1], buf[p + 2], buf[p + 3]
+            q = p + ((b1 >> 3) << 2)
+            if b3 & 0x80:
+                return self.skip("fragmented CAPWAP data")
+            if b2 & 1:  # T: native frame of the wireless binding (WBID 1: IEEE 802.11)
+                if (b2 >> 1) & 0x1F != 1:
+                    return self.skip("CAPWAP wireless binding other than 802.11")
+                return self.dot11(buf, q, end, depth, swap=True)
+            return self.ether(buf, q, end, depth)
+        if dport == 3544 or sport == 3544:  # Teredo: optional authentication and origin headers, then IPv6
+            q = p
+            if end - q >= 4 and buf[q] == 0 and buf[q + 1] == 1:
+                q += 4 + buf[q + 2] + buf[q + 3] + 9
+            if end - q >= 8 and buf[q] == 0 and buf[q + 1] == 0:
+                q += 8
+            if end - q >= 40 and buf[q] >> 4 == 6:
+                return self.ipv6(buf, q, end, depth)
+            return False  # a Teredo bubble or some other UDP on that port: plain UDP
+        return False
 
     def gre(self, buf: bytes, off: int, end: int, depth: int) -> Decoded | None:
         if end - off < 4:

@@ -37,7 +37,9 @@ __all__ = [
     "InitialKeys",
     "QuicInitialTracker",
     "derive_client_initial_keys",
+    "is_greased_version",
     "looks_like_quic_initial",
+    "unusable_long_header",
 ]
 
 QUIC_V1 = 0x00000001
@@ -45,32 +47,58 @@ QUIC_V2 = 0x6B3343CF
 
 _SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
 _SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
-_SALT_DRAFT29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")  # drafts 29-34
+_SALT_DRAFT33 = _SALT_V1  # drafts 33 and 34 already use the v1 salt
+_SALT_DRAFT29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")  # drafts 29-32
 _SALT_DRAFT23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")  # drafts 23-28
+_SALT_DRAFT22 = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")  # draft 22
+_SALT_T050 = bytes.fromhex("7ff579e5acd072915580304c43a2367c60488310")  # Google QUIC T050 (TLS)
+_SALT_T051 = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")  # Google QUIC T051 (TLS)
 
 
 @dataclass(frozen=True, slots=True)
 class _Version:
-    """What differs between QUIC versions for Initial protection: salt, HKDF label prefix, type codes."""
+    """What differs between QUIC versions for Initial protection: salt, HKDF label prefix, type codes, frames."""
 
     salt: bytes
     label_prefix: bytes  # b"quic " (v1, drafts) or b"quicv2 " (RFC 9369 §3.3.2)
     initial_type: int  # long-header packet type bits of Initial (v1: 0b00, v2: 0b01)
     retry_type: int  # Retry has no Length field and ends the datagram (v1: 0b11, v2: 0b00)
+    gquic_frames: bool = False  # Google QUIC T05x: gQUIC frame types (CRYPTO is 0x08) inside IETF-style packets
+
+
+def _draft_salt(draft: int) -> bytes:
+    """The Initial salt of an IETF draft version (as Wireshark picks it)."""
+    if draft <= 22:
+        return _SALT_DRAFT22
+    if draft <= 28:
+        return _SALT_DRAFT23
+    return _SALT_DRAFT29 if draft <= 32 else _SALT_DRAFT33
 
 
 _V1_LIKE = {"label_prefix": b"quic ", "initial_type": 0, "retry_type": 3}
 _VERSIONS: dict[int, _Version] = {
     QUIC_V1: _Version(salt=_SALT_V1, **_V1_LIKE),
     QUIC_V2: _Version(salt=_SALT_V2, label_prefix=b"quicv2 ", initial_type=1, retry_type=0),
-    # mvfst's draft-27 alias; Facebook clients sent it in the wild.
+    # Facebook mvfst: 0xfaceb001 is based on draft 22, 0xfaceb002 and the experimental 0xfaceb00e on draft 27.
+    0xFACEB001: _Version(salt=_SALT_DRAFT22, **_V1_LIKE),
     0xFACEB002: _Version(salt=_SALT_DRAFT23, **_V1_LIKE),
+    0xFACEB00E: _Version(salt=_SALT_DRAFT23, **_V1_LIKE),
+    # Google QUIC with TLS (Chrome's T050/T051): IETF long header and Initial protection, own salts.
+    0x54303530: _Version(salt=_SALT_T050, gquic_frames=True, **_V1_LIKE),
+    0x54303531: _Version(salt=_SALT_T051, gquic_frames=True, **_V1_LIKE),
 }
-for _draft in range(23, 35):
-    _VERSIONS[0xFF000000 + _draft] = _Version(
-        salt=_SALT_DRAFT23 if _draft <= 28 else _SALT_DRAFT29, **_V1_LIKE
-    )
+for _draft in range(22, 35):
+    _VERSIONS[0xFF000000 + _draft] = _Version(salt=_draft_salt(_draft), **_V1_LIKE)
 del _draft
+
+#: Google QUIC Q050 (IETF-style header, but a gQUIC CHLO instead of a TLS ClientHello): counted, not decoded.
+QUIC_Q050 = 0x51303530
+
+
+def is_greased_version(version: int) -> bool:
+    """0x?a?a?a?a: reserved to force version negotiation (no Initial salt; the client retries another version)."""
+    return version & 0x0F0F0F0F == 0x0A0A0A0A
+
 
 # For the cheap check: version word → required value of the first byte's top nibble (long + fixed + type).
 _INITIAL_NIBBLE: dict[int, int] = {v: 0xC | info.initial_type for v, info in _VERSIONS.items()}
@@ -179,13 +207,62 @@ def _decode_pn(largest: int, truncated: int, pn_nbits: int) -> int:
 def looks_like_quic_initial(payload: bytes) -> bool:
     """Cheap check that a UDP payload starts with a QUIC Initial long-header packet of a version we can decrypt.
 
-    Long header (0x80) and fixed bit (0x40) set, version 1, 2, draft-23…34 or mvfst 0xfaceb002, the version's
-    Initial type bits, and a plausible DCID length. Costs a few byte reads, so it can run on every UDP datagram.
+    Long header (0x80) and fixed bit (0x40) set, version 1, 2, draft-22…34, mvfst (0xfaceb001/2/e) or Google
+    QUIC T050/T051, the version's Initial type bits, and a plausible DCID length. Costs a few byte reads, so it can run on every UDP datagram.
     """
     if len(payload) < 7:
         return False
     nibble = _INITIAL_NIBBLE.get(int.from_bytes(payload[1:5], "big"))
     return nibble is not None and payload[0] >> 4 == nibble and payload[5] <= _MAX_CID
+
+
+def unusable_long_header(payload: bytes) -> str | None:
+    """Why a long-header datagram of a version we cannot decrypt holds no ClientHello we can read (else ``None``).
+
+    As FoxIO's JA4 reference (which reads tshark's dissection): an Initial with a greased version (0x?a?a?a?a)
+    only forces version negotiation and gives no fingerprint; the client's next Initial, in a real version, does.
+    """
+    if len(payload) < 7 or not payload[0] & 0x80:
+        return None
+    version = int.from_bytes(payload[1:5], "big")
+    if version in _VERSIONS:
+        return None
+    if version == 0:
+        return "QUIC version negotiation packets"
+    if is_greased_version(version):
+        return "QUIC Initials with a greased version (version negotiation follows)"
+    if version >> 8 == 0x513035 or version >> 8 == 0x513034:
+        return "Google QUIC Q04x/Q05x packets (gQUIC handshake, no TLS ClientHello)"
+    return None  # any UDP payload can start with two set bits: not counted as QUIC
+
+
+def _parse_gquic_frames(payload: bytes) -> tuple[list[tuple[int, bytes]], str | None]:
+    """Frames of a decrypted Google QUIC T05x Initial: PADDING (0x00), PING (0x07) and CRYPTO (0x08: variable-length
+    integer offset and length, as in IETF QUIC). Anything else stops parsing, keeping the CRYPTO data before it."""
+    crypto: list[tuple[int, bytes]] = []
+    pos = 0
+    n = len(payload)
+    try:
+        while pos < n:
+            ftype = payload[pos]
+            pos += 1
+            if ftype == 0x00:
+                rest = payload[pos:]
+                pos += len(rest) - len(rest.lstrip(b"\x00"))
+            elif ftype == 0x07:
+                continue
+            elif ftype == 0x08:
+                offset, pos = _varint(payload, pos)
+                length, pos = _varint(payload, pos)
+                if pos + length > n:
+                    return crypto, "truncated_crypto_frame"
+                crypto.append((offset, payload[pos : pos + length]))
+                pos += length
+            else:
+                return crypto, "unexpected_frame_type"
+    except (IndexError, ValueError):
+        return crypto, "truncated_frame"
+    return crypto, None
 
 
 def _parse_frames(payload: bytes) -> tuple[list[tuple[int, bytes]], str | None]:
@@ -403,7 +480,14 @@ class QuicInitialTracker:
             info = _VERSIONS.get(version)
             if info is None:
                 if pos == 0:
-                    self._fail("unknown_version")
+                    if is_greased_version(version):  # the client retries with a real version after negotiation
+                        self._fail("greased_version")
+                    elif version == QUIC_Q050:
+                        self._fail("gquic_q050_no_tls")
+                    elif version == 0:
+                        self._fail("version_negotiation")
+                    else:
+                        self._fail("unknown_version")
                 break
             p = pos + 5
             dcil = data[p]
@@ -501,7 +585,7 @@ class QuicInitialTracker:
         conn.version = version  # compatible version negotiation (v1 → v2) keeps the original DCID's keys
         conn.largest_pn = max(conn.largest_pn, pn)
 
-        frames, reason = _parse_frames(plain)
+        frames, reason = (_parse_gquic_frames if _VERSIONS[version].gquic_frames else _parse_frames)(plain)
         if reason is not None:
             self._fail(reason)
         before = len(conn.buf)

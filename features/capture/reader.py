@@ -28,7 +28,7 @@ from typing import Any
 
 from stormguard.features.capture.dtls import DtlsTracker, looks_like_dtls_handshake
 from stormguard.features.capture.files import iter_packets
-from stormguard.features.capture.packets import Decoder
+from stormguard.features.capture.packets import TUNNEL_PORTS, Decoder
 from stormguard.features.capture.tcpstream import DETECT, HALF, HTTP, M32, TLS, WATCH, Conn, Half, OooBudget
 from stormguard.features.http.requests import HttpRequestStream, looks_like_http_request
 from stormguard.features.sniff import sniff
@@ -44,10 +44,14 @@ from stormguard.features.tls.ja4 import ja4
 from stormguard.report import ReplayStats
 
 try:  # QUIC Initial decryption lives in its own module (and needs ``cryptography``)
-    from stormguard.features.capture.quic import QuicInitialTracker, looks_like_quic_initial
+    from stormguard.features.capture.quic import (
+        QuicInitialTracker,
+        looks_like_quic_initial,
+        unusable_long_header,
+    )
 except ImportError:  # pragma: no cover - only without the QUIC module
     QuicInitialTracker = None  # type: ignore[assignment,misc]
-    looks_like_quic_initial = None  # type: ignore[assignment]
+    looks_like_quic_initial = unusable_long_header = None  # type: ignore[assignment]
 
 #: Same as :data:`stormguard.schema.TLS_VERSION_SEP` (not imported: the schema module pulls in pandas).
 TLS_VERSION_SEP = " "
@@ -62,13 +66,16 @@ MAX_CONNS = 100_000
 #: connections, so a sweep costs under one check per packet): frequent enough that rows of finished connections
 #: stream out while a long capture is read, instead of all at its end.
 SWEEP_EVERY = 1 << 14
+#: Reassembled chunks of a direction tested for a TLS/HTTP start after a first chunk that is neither (junk bytes
+#: before the record), before the direction is only watched.
+PROBE_CHUNKS = 4
 #: Young-generation GC threshold while parsing (CPython's default is 700).
 GC_GEN0 = 20_000
 
 #: Ethernet + IPv4 (no options) + the first 14 bytes of TCP/UDP: ethertype, version/IHL, total length,
 #: flags+fragment offset, protocol, src, dst, ports, TCP sequence number, data offset, flags.
 _ETH_IP4_L4 = Struct("!12xHBxH2xHxB2x4s4sHHI4xBB")
-_TUNNEL_PORTS = frozenset((4789, 4790, 6081))
+_TUNNEL_PORTS = TUNNEL_PORTS
 
 _HTTP_FIRST = frozenset(m[0] for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
                                         b"CONNECT", b"TRACE", b"PROPFIND", b"MKCOL", b"COPY", b"MOVE", b"LOCK",
@@ -224,7 +231,7 @@ class _Capture:
                             p = off + 34 + ((doff >> 4) << 2)
                             r = True
                             payload = buf[p:end] if p < end else b""
-                    elif proto == 17 and dport not in tunnel_ports:
+                    elif proto == 17 and dport not in tunnel_ports and sport not in tunnel_ports:
                         flags = seq = 0
                         r = True
                         payload = buf[off + 42:end]
@@ -300,8 +307,16 @@ class _Capture:
                         yield from done
                         set_gc(*gc_ours)
         pstats.packets += n
-        if not_used:
-            pstats.skip("packets without TCP/UDP over IP (or undecodable)", not_used)
+        if not_used:  # by the reason the decoder stopped at (link type, ethertype, encapsulation, ...)
+            for reason, count in self.decoder.skipped.items():
+                pstats.skip(f"packets skipped: {reason}", count)
+                not_used -= count
+                if reason.startswith(("link type", "PPI carrying")):  # the file's own fault: name it
+                    pstats.warn(self.name, f"{count} packet(s) skipped: {reason}")
+            self.decoder.skipped.clear()
+            if not_used > 0:
+                pstats.skip("packets without TCP/UDP over IP (cut headers, fragments awaiting reassembly)",
+                            not_used)
         frags = self.decoder.fragments
         if frags:
             pstats.skip("IP fragments (reassembled where complete)", frags)
@@ -346,6 +361,10 @@ class _Capture:
             if not _recognise(half, data):
                 if len(data) < 8 and (data[0] == 0x16 or data[0] in _HTTP_FIRST):
                     half.parser = bytes(data)  # too short to decide: hold the bytes and wait for more
+                elif half.probes < PROBE_CHUNKS:
+                    # junk before the record (tshark, and so FoxIO's reference, still find a hello that starts a
+                    # later segment): keep reassembling in order and test the next few segment starts too
+                    half.probes += 1
                 else:
                     half.mode = WATCH
                     half.hi_seq = half.next_seq
@@ -375,6 +394,10 @@ class _Capture:
         b0 = payload[0]
         if b0 & 0xC0 == 0xC0:
             if self.quic is None or not looks_like_quic_initial(payload):
+                if self.quic is not None:
+                    why = unusable_long_header(payload)
+                    if why is not None:
+                        self.stats.skip(why)
                 return
             if half is None:
                 half = self._udp_open(key, ts, frame, payload)

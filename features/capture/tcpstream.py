@@ -37,7 +37,7 @@ class Half:
     """One direction of a TCP connection: ``ip``/``port`` of the sender."""
 
     __slots__ = ("conn", "key", "ip", "port", "peer", "next_seq", "hi_seq", "ooo", "ooo_bytes", "mode",
-                 "parser", "bytes", "fin", "syn_seq", "hellos")
+                 "parser", "bytes", "fin", "syn_seq", "hellos", "probes")
 
     def __init__(self, conn: Conn, key: tuple, ip: bytes, port: int) -> None:
         self.conn = conn
@@ -55,6 +55,7 @@ class Half:
         self.fin = False
         self.syn_seq = -1
         self.hellos = 0  # ClientHellos sent (UDP flows: tells the client side from the server side)
+        self.probes = 0  # chunks after the first tested for a protocol start (junk before the record)
 
     def start_stream(self, seq: int) -> None:
         """Begin reassembling at ``seq`` (a protocol start was found there)."""

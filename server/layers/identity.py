@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
-from stormguard.server.context import SCOPE_KEY, ClientIdentity, RequestContext
+from stormguard.server.context import SCOPE_KEY, TLS_STATE_KEY, ClientIdentity, RequestContext
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -130,6 +130,9 @@ class IdentityMiddleware:
         client = scope.get("client") or ("", 0)
         peer, port = client[0], client[1]
         ident = ClientIdentity(ip=peer, port=port, peer_ip=peer, token_key=token_key(scope))
+        hello = (scope.get("state") or {}).get(TLS_STATE_KEY)  # TLS terminated here: the hello we read ourselves
+        if hello is not None:
+            ident.ja3, ident.ja4, ident.sni, ident.alpn = hello["ja3"], hello["ja4"], hello["sni"], hello["alpn"]
         if not self.trusted.contains(peer):
             return ident
         headers: dict[bytes, bytes] = {}
@@ -146,9 +149,11 @@ class IdentityMiddleware:
             if ip is not None:
                 ident.ip, ident.via_proxy, ident.port = ip, True, 0
             break
+        # the peer is a trusted proxy: the hello this server read is the proxy's own, only its headers count
         ident.ja3 = self._fingerprint(headers.get(self.ja3_header), "ja3")
         ident.ja4 = self._fingerprint(headers.get(self.ja4_header), "ja4")
         ident.sni = self._fingerprint(headers.get(self.sni_header), "sni")
+        ident.alpn = None
         return ident
 
     def _client_from(self, hname: bytes, raw: bytes) -> str | None:
