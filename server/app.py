@@ -112,6 +112,7 @@ class Runtime:
         self._restore_signals: list[tuple[int, Any]] = []
         self.reputation: ReputationService | None = None
         self.fast_path: BlockedFastPath | None = None
+        self.ops: Any = None              # stormguard.server.ops.operate.Operations (quota table, controller, admin)
 
     # -- load and accounting ------------------------------------------------------------------------------------
     def load(self) -> float:
@@ -248,9 +249,15 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
 
         scorer = ModelScorer.for_runtime(model, rt, interval=s.model_interval)
     exempt = tuple(s.exempt_paths)
+    from stormguard.server.ops.operate import Operations
+
+    rt.ops = ops = Operations(rt, s, reputation=reputation)
     if quota is None:
+        def default_tier_of(ctx: RequestContext) -> str:
+            return ctx.tier if ctx.tier in s.tiers else s.default_tier
+
         quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
-                                  tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
+                                  tier_of=lambda ctx: ops.tier_of(ctx, tier_of or default_tier_of))
     verifier = None
     if s.jwt_secret or s.jwt_public_key:
         from stormguard.server.layers.tenants import JwtVerifier, TenantStreamQuota
@@ -258,6 +265,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         verifier = JwtVerifier(secret=s.jwt_secret, public_key=s.jwt_public_key, audience=s.jwt_audience,
                                issuer=s.jwt_issuer, leeway=s.jwt_leeway, tenant_claim=s.tenant_claim)
         quota = TenantStreamQuota(quota, default_pool=s.tenant_streams, pools=s.tenant_pools)
+    ops.table.bind_quota(quota)          # the quota layer reads the live (dynamic) quota table
 
     def malformed(header: str) -> None:
         rt.metrics.child(rt.metrics.malformed, header).inc()
@@ -318,9 +326,11 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
             await reputation.start()
         if scorer is not None:
             scorer.start(rt)
+        await ops.start()
         try:
             yield
         finally:
+            await ops.stop()
             await rt.shutdown()
             if scorer is not None:
                 await scorer.stop()

@@ -292,6 +292,34 @@ class ServerConfig:
     exempt_paths: tuple[str, ...] = ("/healthz", "/metrics")
     shutdown_grace: float = 3.0
     enable_test_routes: bool = False
+    # admin API and dashboard (server/ops/admin.py): a separate listener, loopback by default; 0 = off
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
+    admin_token: str | None = None        # bearer token ($STORMGUARD_ADMIN_TOKEN wins)
+    admin_role_claim: str = "role"        # or a JWT (jwt_secret / jwt_public_key) whose claim holds admin_role
+    admin_role: str = "admin"
+    admin_cookie_max_age: int = 3600      # the dashboard's login cookie
+    admin_stream_interval: float = 1.0    # seconds between dashboard updates (EventSource)
+    # dynamic quotas (server/ops/controller.py): downgrade streams, tighten rates, step back when healthy
+    controller: bool = True
+    controller_interval: float = 30.0     # seconds between evaluations
+    controller_window: float = 300.0      # rejection ratio window
+    controller_reject_ratio: float = 0.1  # above this ...
+    controller_reject_hold: float = 120.0  # ... for this long: one downgrade step
+    controller_healthy_ratio: float = 0.05  # hysteresis: healthy only below this ratio
+    controller_surge_factor: float = 1.1  # new streams per interval above this × recent p95: one tightening step
+    controller_surge_min: float = 10.0    # ... and at least this many new streams in the interval
+    controller_history: int = 120         # intervals behind the p95
+    controller_min_history: int = 10      # no surge decisions before this many intervals
+    controller_cooldown: float = 300.0    # healthy this long: one step back toward the baseline
+    controller_step_share: float = 0.25   # one step: this share of the quota ...
+    controller_min_step: float = 1.0      # ... at least this much ...
+    controller_max_step_share: float = 0.5  # ... at most this share
+    controller_floor: float = 0.25        # never below this share of the baseline
+    controller_max_level: int = 4         # steps below the baseline at most
+    quota_max_streams: int = 10_000       # bounds of PUT /admin/quotas
+    quota_max_pool: int = 1_000_000
+    quota_max_rate: float = 100_000.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ServerConfig:
