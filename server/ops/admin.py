@@ -255,7 +255,7 @@ class AdminApi:
                 ignored += 1
                 continue
             applied.append(d.as_dict())
-            self.ops.changed("alert", who(request), alert=name, status=status, action=d.action, kind=d.kind,
+            self.ops.changed("alert", who(request), alert=name, status=status, step=d.action, quota=d.kind,
                              level_to=d.level_to)
         return JSONResponse({"applied": applied, "ignored": ignored, "levels": dict(self.ops.table.levels)})
 

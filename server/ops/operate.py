@@ -197,10 +197,10 @@ class Operations:
         self.rt.audit.record(client="-", layer="controller", reason=d.signal, action=d.action, kind=d.kind,
                              level_from=d.level_from, level_to=d.level_to, value=d.value, source=d.source)
 
-    def changed(self, kind: str, who: str, key: str = "-", **detail: Any) -> None:
-        """One admin change: counted and audited."""
-        self.changes.labels(kind).inc()
-        self.rt.audit.record(client=key, layer="admin", reason=kind, action="change", who=who, **detail)
+    def changed(self, what: str, who: str, key: str = "-", **detail: Any) -> None:
+        """One admin change: counted (``stormguard_admin_changes_total{kind}``) and audited."""
+        self.changes.labels(what).inc()
+        self.rt.audit.record(client=key, layer="admin", reason=what, action="change", who=who, **detail)
 
     def tier_of(self, ctx: RequestContext, default: Any) -> str:
         return self.overrides.tier_for(ctx) or default(ctx)
