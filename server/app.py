@@ -265,6 +265,7 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         verifier = JwtVerifier(secret=s.jwt_secret, public_key=s.jwt_public_key, audience=s.jwt_audience,
                                issuer=s.jwt_issuer, leeway=s.jwt_leeway, tenant_claim=s.tenant_claim)
         quota = TenantStreamQuota(quota, default_pool=s.tenant_streams, pools=s.tenant_pools)
+        ops.jwt_keys = verifier.keys        # admin JWTs (role claim) are checked with the same keys
     ops.table.bind_quota(quota)          # the quota layer reads the live (dynamic) quota table
 
     def malformed(header: str) -> None:

@@ -60,9 +60,9 @@ def who(request: Request) -> str:
     return str(request.scope.get(PRINCIPAL_KEY, "-"))
 
 
-def credentials_for(s: Any) -> Credentials:
-    return Credentials(token=os.environ.get(ADMIN_TOKEN_ENV) or s.admin_token, jwt_secret=s.jwt_secret,
-                       jwt_public_key=s.jwt_public_key, audience=s.jwt_audience, issuer=s.jwt_issuer,
+def credentials_for(s: Any, jwt_keys: dict[str, Any]) -> Credentials:
+    return Credentials(token=os.environ.get(ADMIN_TOKEN_ENV) or s.admin_token, jwt_keys=jwt_keys,
+                       audience=s.jwt_audience, issuer=s.jwt_issuer,
                        leeway=s.jwt_leeway, role_claim=s.admin_role_claim, role=s.admin_role,
                        cookie_max_age=s.admin_cookie_max_age)
 
@@ -292,7 +292,7 @@ def admin_app(ops: Any) -> Starlette:
     from stormguard.server.ops.dashboard import dashboard_routes
 
     api = AdminApi(ops)
-    creds = credentials_for(ops.settings)
+    creds = credentials_for(ops.settings, ops.jwt_keys)
 
     def failed(status: int, reason: str) -> None:
         ops.auth_failures.labels(str(status), reason).inc()

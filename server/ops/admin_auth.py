@@ -3,7 +3,7 @@
 * ``Authorization: Bearer <token>`` equal to the admin token (``admin_token`` or ``$STORMGUARD_ADMIN_TOKEN``),
   compared in constant time (:func:`hmac.compare_digest`);
 * or ``Authorization: Bearer <jwt>`` verified with the server's JWT keys (``jwt_secret`` HS256 /
-  ``jwt_public_key`` RS256, ``exp`` required, audience and issuer when configured) whose ``admin_role_claim``
+  ``jwt_public_key`` RS256, the keys of the tenants' ``JwtVerifier``; ``exp`` required, audience and issuer when configured) whose ``admin_role_claim``
   (default ``role``) is, or is a list containing, ``admin_role`` (default ``admin``): a valid token without the
   role is a 403, anything else a 401;
 * or, for ``GET`` only (the dashboard page and its EventSource, which cannot send headers), the ``sg_admin``
@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jwt
-from stormguard.server.layers.tenants import load_key
 
 COOKIE = "sg_admin"
 PRINCIPAL_KEY = "stormguard.admin"
@@ -37,19 +36,12 @@ PRINCIPAL_KEY = "stormguard.admin"
 class Credentials:
     """Checks one presented credential: ``check(value) -> (principal, None)`` or ``(None, (status, reason))``."""
 
-    def __init__(self, *, token: str | None, jwt_secret: str | None = None, jwt_public_key: str | None = None,
+    def __init__(self, *, token: str | None, jwt_keys: dict[str, Any] | None = None,
                  audience: str | None = None, issuer: str | None = None, leeway: float = 0.0,
                  role_claim: str = "role", role: str = "admin", cookie_max_age: int = 3600,
                  clock: Callable[[], float] = time.time) -> None:
         self.token = token.encode() if token else None
-        self.keys: dict[str, Any] = {}
-        if jwt_secret:
-            self.keys["HS256"] = jwt_secret
-        pem = load_key(jwt_public_key)
-        if pem:
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-            self.keys["RS256"] = load_pem_public_key(pem.encode())
+        self.keys: dict[str, Any] = dict(jwt_keys or {})     # alg -> key: the tenants' JwtVerifier.keys
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway

@@ -175,6 +175,7 @@ class Operations:
         rt.observers.append(self.seen.observer)
         if rt.refuser.on_refusal is None:
             rt.refuser.on_refusal = rt._refused
+        self.jwt_keys: dict[str, Any] = {}     # alg -> key, set by create_app from the tenants' JwtVerifier
         self.listener: AdminListener | None = None
         self._task: asyncio.Task[None] | None = None
 
