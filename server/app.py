@@ -293,6 +293,14 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         middleware.append(Middleware(TenantMiddleware, verifier=verifier, refuser=rt.refuser,
                                      paths=tuple(s.jwt_paths), required=s.jwt_required,
                                      query_param=s.jwt_query_param))
+        if s.tenant_limits:
+            from stormguard.server.layers.tenant_limits import TenantLimiter
+
+            pools = quota
+            middleware.append(Middleware(TenantLimiter, limits=s.tenant_limits, refuser=rt.refuser,
+                                         paths=tuple(s.jwt_paths), max_entries=s.limiter_max_entries,
+                                         pool_open=lambda tenant: pools.open.get(tenant, 0),
+                                         on_degrade=lambda kind: degraded(f"tenant-{kind}"), on_warn=warned))
     middleware += [
         Middleware(LimiterMiddleware, refuser=rt.refuser, ip_buckets=rt.ip_buckets, token_buckets=rt.token_buckets,
                    ip_soft_remaining=s.ip_soft_remaining, token_soft_remaining=s.token_soft_remaining,

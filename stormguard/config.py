@@ -173,6 +173,20 @@ class TierLimits:
     max_lifetime: float = 0.0
 
 
+@dataclass(frozen=True)
+class TenantLimitConfig:
+    """``[server.tenant_limits.<tenant>]`` (``"*"``: every tenant without its own entry): soft/hard limits of one
+    tenant pool (``stormguard.server.layers.tenant_limits``). A rate of 0 leaves that bucket out."""
+
+    rate: float = 0.0                     # new connections per second for the whole tenant (hard: refused)
+    burst: float = 1.0
+    soft_remaining: float = 0.0           # admitted with fewer tokens left → degraded
+    subject_rate: float = 0.0             # per token / JWT subject of this tenant
+    subject_burst: float = 1.0
+    subject_soft_remaining: float = 0.0
+    soft_streams: int = 0                 # open streams of the tenant at/above this → new ones degraded (0 = off)
+
+
 def tier_limits(tiers: list[TierConfig]) -> dict[str, TierLimits]:
     """The server's view of the ``[reputation]`` tier table."""
     return {t.name: TierLimits(t.streams, t.idle_seconds, t.session_seconds) for t in tiers}
@@ -188,12 +202,12 @@ JWT_REASONS = ("jwt_missing", "jwt_malformed", "jwt_signature", "jwt_expired", "
 
 
 def _default_refusal_actions() -> dict[str, str]:
-    return {"rate": "pace", "token_rate": "pace", "quota": "pace", "tenant_quota": "pace", "breaker": "pace",
+    return {"rate": "pace", "token_rate": "pace", "tenant_rate": "pace", "quota": "pace", "tenant_quota": "pace", "breaker": "pace",
             "blocked": "stop", "shutdown": "pace", **dict.fromkeys(JWT_REASONS, "stop")}
 
 
 def _default_retry_base() -> dict[str, int]:
-    return {"stream": 3000, "rate": 5000, "token_rate": 5000, "quota": 10000, "tenant_quota": 10000,
+    return {"stream": 3000, "rate": 5000, "token_rate": 5000, "tenant_rate": 5000, "quota": 10000, "tenant_quota": 10000,
             "breaker": 15000, "blocked": 300000, "shutdown": 3000}
 
 
@@ -260,6 +274,8 @@ class ServerConfig:
     tenant_claim: str = "tenant"
     tenant_streams: int = 1000            # concurrent streams per tenant pool (default pool size)
     tenant_pools: dict[str, int] = field(default_factory=dict)   # per-tenant pool sizes
+    tenant_limits: dict[str, TenantLimitConfig] = field(default_factory=dict)   # per-pool soft/hard limits
+    soft_lower_tier: bool = True          # a request past a soft threshold is also served one tier lower
     # limiter
     ip_rate: float = 3.0
     ip_burst: float = 2.0

@@ -204,7 +204,13 @@ class Operations:
         self.rt.audit.record(client=key, layer="admin", reason=what, action="change", who=who, **detail)
 
     def tier_of(self, ctx: RequestContext, default: Any) -> str:
-        return self.overrides.tier_for(ctx) or default(ctx)
+        """An operator's override, else the default; one tier lower past a soft threshold (``soft_lower_tier``)."""
+        tier = self.overrides.tier_for(ctx) or default(ctx)
+        if ctx.degraded and self.settings.soft_lower_tier:
+            order = list(self.table.tiers)           # the [reputation] tier table: best first
+            if tier in order and order.index(tier) + 1 < len(order):
+                return order[order.index(tier) + 1]
+        return tier
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def start(self) -> None:
