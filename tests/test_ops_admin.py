@@ -25,6 +25,11 @@ SECRET = "jwt-secret-for-the-admin-tests-32bytes!"
 PROXY = "127.0.0.9"                   # a trusted proxy: it may name the client (X-Forwarded-For) and its JA3
 JA3 = "769,47-53-5-10-49161-49162-49171-49172-50-56-19-4,0-10-11,23-24-25,0"
 ROOT = Path(__file__).resolve().parent.parent
+# soft/hard limits per tenant pool: "slow" — 2 connections then refused (the 2nd degraded); "crowd" — streams past
+# the first are degraded; "subj" — one connection per subject
+TENANT_LIMITS = {"slow": {"rate": 0.001, "burst": 2, "soft_remaining": 1},
+                 "crowd": {"soft_streams": 1},
+                 "subj": {"subject_rate": 0.001, "subject_burst": 1}}
 
 
 class Admin:
@@ -70,7 +75,8 @@ def admin() -> Iterator[Admin]:
     audit = Path(tempfile.mkdtemp(prefix="stormguard-admin-")) / "audit.jsonl"
     port = free_port()
     settings = {"admin_token": ADMIN, "jwt_secret": SECRET, "jwt_required": False, "controller": False,
-                "trusted_proxies": [PROXY], "admin_stream_interval": 0.25, "heartbeat_interval": 1.0}
+                "trusted_proxies": [PROXY], "admin_stream_interval": 0.25, "heartbeat_interval": 1.0,
+                "tenant_limits": TENANT_LIMITS}
     server = ServerProcess(settings, args=("--admin-port", str(port), "--audit-log", str(audit), "--no-model"))
     server.start()
     a = Admin(server, port, audit)
@@ -278,6 +284,51 @@ def test_alertmanager_webhook_downgrades_and_resolution_steps_back(admin: Admin)
     assert until(lambda: {r["action"] for r in admin.audit_records() if r["layer"] == "controller"
                           and r.get("source") == "alertmanager"} >= {"downgrade", "step_back", "tighten"},
                  what="the controller's audit records")
+
+
+def tenant_token(tenant: str, sub: str) -> str:
+    return jwt.encode({"tenant": tenant, "sub": sub, "exp": int(time.time()) + 300}, SECRET, algorithm="HS256")
+
+
+def test_soft_and_hard_limits_per_tenant_pool_and_subject(admin: Admin):
+    def connect(tenant: str, sub: str, ip: str) -> SSEClient:
+        return stream(admin, ip, extra={"Authorization": f"Bearer {tenant_token(tenant, sub)}"})
+
+    m0 = admin.server.metrics()
+    a, b = connect("slow", "u1", "10.81.0.1"), connect("slow", "u2", "10.81.0.2")
+    assert (a.status, a.headers["x-ip-rating"], "x-stormguard-warning" in a.headers) == (200, "neutral", False)
+    # soft: admitted, warned, one tier lower, and a longer retry: than the first stream's
+    assert (b.status, b.headers["x-ip-rating"], b.headers["x-stormguard-warning"]) == (200, "low", "tenant_rate")
+    retry_a = a.messages(1, want=lambda m: m.retry is not None)[0].retry
+    retry_b = b.messages(1, want=lambda m: m.retry is not None)[0].retry
+    assert retry_b > 2 * retry_a          # low tier (x3) and degraded (x2), jitter 0.25: always well apart
+    c = connect("slow", "u3", "10.81.0.3")               # hard: the tenant's bucket is empty
+    assert c.status == 200 and "content-length" in c.headers and c.messages(1)[0].retry is not None
+    for s in (a, b, c):
+        s.close()
+    first = connect("crowd", "u1", "10.81.1.1")
+    try:
+        second = connect("crowd", "u2", "10.81.1.2")      # the tenant holds 1 stream: the soft threshold
+        assert first.headers["x-ip-rating"] == "neutral" and "x-stormguard-warning" not in first.headers
+        assert (second.headers["x-ip-rating"], second.headers["x-stormguard-warning"]) == ("low", "tenant_streams")
+        second.close()
+    finally:
+        first.close()
+    x1, x2, y = connect("subj", "x", "10.81.2.1"), connect("subj", "x", "10.81.2.2"), connect("subj", "y", "10.81.2.3")
+    assert "content-length" not in x1.headers and "content-length" in x2.headers and "content-length" not in y.headers
+    for s in (x1, x2, y):
+        s.close()
+    m1 = admin.server.metrics()
+
+    def delta(key: str) -> float:
+        return m1.get(key, 0.0) - m0.get(key, 0.0)
+
+    assert delta('rate_limit_rejected_total{layer="tenant",reason="tenant_rate"}') == 1
+    assert delta('rate_limit_rejected_total{layer="tenant",reason="token_rate"}') == 1
+    assert delta('stormguard_degraded_total{layer="limiter-tenant-tenant_rate"}') == 1
+    assert delta('stormguard_degraded_total{layer="limiter-tenant-tenant_streams"}') == 1
+    assert until(lambda: {r["reason"] for r in admin.audit_records() if r["action"] == "warn"}
+                 >= {"tenant_rate", "tenant_streams"}, what="the soft-limit warnings in the audit log")
 
 
 def test_state_shows_breaker_threshold_and_controller(admin: Admin):
