@@ -442,3 +442,17 @@ def test_dashboard_updates_live_in_chromium(admin: Admin, browser: Any):
             "resolved", [("StormguardRejectionsHigh", "resolved", "dash01")]))
         admin.http.delete("/admin/clients/10.80.0.66/block")
         admin.put("/admin/clients/10.80.0.67", {"score": 0, "reason": "reset"})
+
+
+@pytest.mark.parametrize(("extra", "env", "message"), [
+    ((), {}, "--admin-port needs credentials"),
+    (("--workers", "2", "--store", "redis://127.0.0.1:1/0"), {"STORMGUARD_ADMIN_TOKEN": "t"}, "needs --workers 1"),
+])
+def test_serve_refuses_an_admin_port_it_cannot_serve_safely(extra, env, message):
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STORMGUARD_")}
+    done = subprocess.run([sys.executable, "-m", "stormguard.server.cli", "serve", "--admin-port", str(free_port()),
+                           "--no-model", *extra], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
