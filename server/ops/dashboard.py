@@ -115,7 +115,7 @@ body{font-family:system-ui,sans-serif;margin:1em;background:#f7f7f7;color:#222}
 h1{font-size:1.3em;margin:0 0 .5em} h2{font-size:1em;margin:.2em 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:.8em}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em}
-table{border-collapse:collapse;width:100%;font-size:.85em} td,th{padding:2px 4px;text-align:left;border-bottom:1px solid #eee}
+table{border-collapse:collapse;width:100%;font-size:.85em} td,th{padding:2px 4px;text-align:left;border-bottom:1px solid #eee;overflow-wrap:anywhere}
 .bar{background:#c0392b;height:10px;display:inline-block} .num{font-variant-numeric:tabular-nums}
 .state-open{color:#c0392b;font-weight:bold} .state-closed{color:#27ae60} .state-half_open{color:#e67e22}
 svg{background:#fcfcfc;border:1px solid #eee}
