@@ -456,3 +456,37 @@ def test_serve_refuses_an_admin_port_it_cannot_serve_safely(extra, env, message)
     done = subprocess.run([sys.executable, "-m", "stormguard.server.cli", "serve", "--admin-port", str(free_port()),
                            "--no-model", *extra], env={**base, **env}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_the_running_controller_downgrades_from_the_servers_own_refusals():
+    """The background controller reads the real counters: a refusal storm downgrades the quotas by itself."""
+    audit = Path(tempfile.mkdtemp(prefix="stormguard-ctl-")) / "audit.jsonl"
+    port = free_port()
+    settings = {"admin_token": ADMIN, "trusted_proxies": [PROXY], "controller_interval": 0.2,
+                "controller_reject_hold": 0.6, "controller_cooldown": 3600.0}
+    server = ServerProcess(settings, args=("--admin-port", str(port), "--audit-log", str(audit), "--no-model"))
+    server.start()
+    a = Admin(server, port, audit)
+    try:
+        until(lambda: _up(a), what="the admin listener")
+        assert a.get("/admin/quotas").json()["levels"]["streams"] == 0
+        a.put("/admin/clients/10.82.0.66", {"tier": "blocked", "ttl": 300, "reason": "storm"})
+        for _ in range(20):                       # only refusals: the rejection ratio is 1
+            c = stream(a, "10.82.0.66")
+            assert c.status == 204
+            c.close()
+        q = until(lambda: (q := a.get("/admin/quotas").json())["levels"]["streams"] >= 1 and q,
+                  timeout=30.0, what="the controller's downgrade")
+        assert q["tiers"]["neutral"]["max_streams"] < q["tiers"]["neutral"]["baseline_max_streams"]
+        state = a.get("/admin/state").json()["controller"]
+        assert state["rejection_ratio"] > 0.1
+        assert state["decisions"][0]["signal"] == "rejection_ratio" and state["decisions"][0]["source"] == "controller"
+        key = 'stormguard_quota_decisions_total{action="downgrade",kind="streams",source="controller"}'
+        assert server.metric(key) >= 1
+        assert until(lambda: [r for r in a.audit_records() if r["layer"] == "controller" and r["action"] == "downgrade"],
+                     what="the controller's audit record")
+    finally:
+        a.http.close()
+        server.stop()
+        os.unlink(server.log.name)
+        shutil.rmtree(audit.parent, ignore_errors=True)
