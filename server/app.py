@@ -132,6 +132,7 @@ class Runtime:
         self._restore_signals: list[tuple[int, Any]] = []
         self.reputation: ReputationService | None = None
         self.fast_path: BlockedFastPath | None = None
+        self.ops: Any = None              # stormguard.server.ops.operate.Operations (quota table, controller, admin)
 
     # -- load and accounting ------------------------------------------------------------------------------------
     def load(self) -> float:
@@ -276,9 +277,15 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         scorer = ModelScorer.for_runtime(model, rt, interval=s.model_interval)
         rt.client_state.add("model_pending", lambda: len(scorer), scorer.max_pending, lambda: scorer.dropped)
     exempt = tuple(s.exempt_paths)
+    from stormguard.server.ops.operate import Operations
+
+    rt.ops = ops = Operations(rt, s, reputation=reputation)
     if quota is None:
+        def default_tier_of(ctx: RequestContext) -> str:
+            return ctx.tier if ctx.tier in s.tiers else s.default_tier
+
         quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
-                                  tier_of=tier_of or (lambda ctx: ctx.tier if ctx.tier in s.tiers else s.default_tier))
+                                  tier_of=lambda ctx: ops.tier_of(ctx, tier_of or default_tier_of))
     open_by_client = getattr(quota, "open", None)
     if isinstance(open_by_client, dict):     # one entry per client with open streams: bounded by the streams
         rt.client_state.add("quota_open", lambda: len(open_by_client), lambda: len(rt.hub.streams))
@@ -289,6 +296,8 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         verifier = JwtVerifier(secret=s.jwt_secret, public_key=s.jwt_public_key, audience=s.jwt_audience,
                                issuer=s.jwt_issuer, leeway=s.jwt_leeway, tenant_claim=s.tenant_claim)
         quota = TenantStreamQuota(quota, default_pool=s.tenant_streams, pools=s.tenant_pools)
+        ops.jwt_keys = verifier.keys        # admin JWTs (role claim) are checked with the same keys
+    ops.table.bind_quota(quota)          # the quota layer reads the live (dynamic) quota table
 
     def malformed(header: str) -> None:
         rt.metrics.child(rt.metrics.malformed, header).inc()
@@ -317,6 +326,14 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
         middleware.append(Middleware(TenantMiddleware, verifier=verifier, refuser=rt.refuser,
                                      paths=tuple(s.jwt_paths), required=s.jwt_required,
                                      query_param=s.jwt_query_param))
+        if s.tenant_limits:
+            from stormguard.server.layers.tenant_limits import TenantLimiter
+
+            pools = quota
+            middleware.append(Middleware(TenantLimiter, limits=s.tenant_limits, refuser=rt.refuser,
+                                         paths=tuple(s.jwt_paths), max_entries=s.limiter_max_entries,
+                                         pool_open=lambda tenant: pools.open.get(tenant, 0),
+                                         on_degrade=lambda kind: degraded(f"tenant-{kind}"), on_warn=warned))
     middleware += [
         Middleware(LimiterMiddleware, refuser=rt.refuser, ip_buckets=rt.ip_buckets, token_buckets=rt.token_buckets,
                    ip_soft_remaining=s.ip_soft_remaining, token_soft_remaining=s.token_soft_remaining,
@@ -351,9 +368,11 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
             await reputation.start()
         if scorer is not None:
             scorer.start(rt)
+        await ops.start()
         try:
             yield
         finally:
+            await ops.stop()
             await rt.shutdown()
             if scorer is not None:
                 await scorer.stop()

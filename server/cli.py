@@ -90,6 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = os.environ.get("STORMGUARD_PUBLISH_TOKEN")
     if token:
         settings = dataclasses.replace(settings, publish_token=token)
+    problem, settings = admin_settings(args, settings)
+    if problem:
+        print(f"stormguard serve: {problem}", file=sys.stderr)
+        return 2
     # Workers re-import the factory: hand everything over through the environment.
     from stormguard.models.bundle import BundleError
     from stormguard.server.live.model import check_model, resolve_model
@@ -140,6 +144,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def admin_settings(args: argparse.Namespace, settings: ServerSettings) -> tuple[str | None, ServerSettings]:
+    """``--admin-port``/``--admin-host`` and ``$STORMGUARD_ADMIN_TOKEN`` onto the settings; a problem, if any."""
+    if getattr(args, "admin_port", None) is not None:
+        settings = dataclasses.replace(settings, admin_port=args.admin_port)
+    if getattr(args, "admin_host", None):
+        settings = dataclasses.replace(settings, admin_host=args.admin_host)
+    admin_token = os.environ.get("STORMGUARD_ADMIN_TOKEN")
+    if admin_token:
+        settings = dataclasses.replace(settings, admin_token=admin_token)
+    if settings.admin_port:
+        if args.workers > 1:
+            return "--admin-port needs --workers 1 (the admin listener is one socket in one process)", settings
+        if not (settings.admin_token or settings.jwt_secret or settings.jwt_public_key):
+            return ("--admin-port needs credentials: $STORMGUARD_ADMIN_TOKEN, [server] admin_token, or a JWT key "
+                    "(jwt_secret / jwt_public_key) for tokens with the admin role"), settings
+    return None, settings
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``stormguard`` command line (called from ``stormguard.cli.build_parser``)."""
     p = subparsers.add_parser(
@@ -164,6 +186,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="PATH", help="behaviour model bundle that scores live clients in micro-batches "
                    "off the accept path (default: [server] model, i.e. data/default-model.skops of this checkout)")
     g.add_argument("--no-model", action="store_true", help="no live model scoring")
+    p.add_argument("--admin-port", type=int, metavar="PORT",
+                   help="serve the admin API and dashboard (/admin/...) on this port (default: [server] admin_port; "
+                        "0 = off); credentials: $STORMGUARD_ADMIN_TOKEN or a JWT with the admin role")
+    p.add_argument("--admin-host", metavar="ADDR", help="admin listener address (default 127.0.0.1)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.add_argument("--tls-cert", metavar="PEM", help="terminate TLS here (certificate chain, PEM) and fingerprint "
                    "each client's ClientHello (JA3/JA4/SNI/ALPN) for the identity layer")

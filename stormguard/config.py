@@ -173,6 +173,20 @@ class TierLimits:
     max_lifetime: float = 0.0
 
 
+@dataclass(frozen=True)
+class TenantLimitConfig:
+    """``[server.tenant_limits.<tenant>]`` (``"*"``: every tenant without its own entry): soft/hard limits of one
+    tenant pool (``stormguard.server.layers.tenant_limits``). A rate of 0 leaves that bucket out."""
+
+    rate: float = 0.0                     # new connections per second for the whole tenant (hard: refused)
+    burst: float = 1.0
+    soft_remaining: float = 0.0           # admitted with fewer tokens left → degraded
+    subject_rate: float = 0.0             # per token / JWT subject of this tenant
+    subject_burst: float = 1.0
+    subject_soft_remaining: float = 0.0
+    soft_streams: int = 0                 # open streams of the tenant at/above this → new ones degraded (0 = off)
+
+
 def tier_limits(tiers: list[TierConfig]) -> dict[str, TierLimits]:
     """The server's view of the ``[reputation]`` tier table."""
     return {t.name: TierLimits(t.streams, t.idle_seconds, t.session_seconds) for t in tiers}
@@ -188,12 +202,12 @@ JWT_REASONS = ("jwt_missing", "jwt_malformed", "jwt_signature", "jwt_expired", "
 
 
 def _default_refusal_actions() -> dict[str, str]:
-    return {"rate": "pace", "token_rate": "pace", "quota": "pace", "tenant_quota": "pace", "breaker": "pace",
+    return {"rate": "pace", "token_rate": "pace", "tenant_rate": "pace", "quota": "pace", "tenant_quota": "pace", "breaker": "pace",
             "blocked": "stop", "shutdown": "pace", **dict.fromkeys(JWT_REASONS, "stop")}
 
 
 def _default_retry_base() -> dict[str, int]:
-    return {"stream": 3000, "rate": 5000, "token_rate": 5000, "quota": 10000, "tenant_quota": 10000,
+    return {"stream": 3000, "rate": 5000, "token_rate": 5000, "tenant_rate": 5000, "quota": 10000, "tenant_quota": 10000,
             "breaker": 15000, "blocked": 300000, "shutdown": 3000}
 
 
@@ -260,6 +274,8 @@ class ServerConfig:
     tenant_claim: str = "tenant"
     tenant_streams: int = 1000            # concurrent streams per tenant pool (default pool size)
     tenant_pools: dict[str, int] = field(default_factory=dict)   # per-tenant pool sizes
+    tenant_limits: dict[str, TenantLimitConfig] = field(default_factory=dict)   # per-pool soft/hard limits
+    soft_lower_tier: bool = True          # a request past a soft threshold is also served one tier lower
     # limiter
     ip_rate: float = 3.0
     ip_burst: float = 2.0
@@ -297,6 +313,34 @@ class ServerConfig:
     head_max_url: int = 8192
     head_timeout: float = 10.0            # seconds from a head's first byte (or the connection) to its end
     enable_test_routes: bool = False
+    # admin API and dashboard (server/ops/admin.py): a separate listener, loopback by default; 0 = off
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
+    admin_token: str | None = None        # bearer token ($STORMGUARD_ADMIN_TOKEN wins)
+    admin_role_claim: str = "role"        # or a JWT (jwt_secret / jwt_public_key) whose claim holds admin_role
+    admin_role: str = "admin"
+    admin_cookie_max_age: int = 3600      # the dashboard's login cookie
+    admin_stream_interval: float = 1.0    # seconds between dashboard updates (EventSource)
+    # dynamic quotas (server/ops/controller.py): downgrade streams, tighten rates, step back when healthy
+    controller: bool = True
+    controller_interval: float = 30.0     # seconds between evaluations
+    controller_window: float = 300.0      # rejection ratio window
+    controller_reject_ratio: float = 0.1  # above this ...
+    controller_reject_hold: float = 120.0  # ... for this long: one downgrade step
+    controller_healthy_ratio: float = 0.05  # hysteresis: healthy only below this ratio
+    controller_surge_factor: float = 1.1  # new streams per interval above this × recent p95: one tightening step
+    controller_surge_min: float = 10.0    # ... and at least this many new streams in the interval
+    controller_history: int = 120         # intervals behind the p95
+    controller_min_history: int = 10      # no surge decisions before this many intervals
+    controller_cooldown: float = 300.0    # healthy this long: one step back toward the baseline
+    controller_step_share: float = 0.25   # one step: this share of the quota ...
+    controller_min_step: float = 1.0      # ... at least this much ...
+    controller_max_step_share: float = 0.5  # ... at most this share
+    controller_floor: float = 0.25        # never below this share of the baseline
+    controller_max_level: int = 4         # steps below the baseline at most
+    quota_max_streams: int = 10_000       # bounds of PUT /admin/quotas
+    quota_max_pool: int = 1_000_000
+    quota_max_rate: float = 100_000.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ServerConfig:
