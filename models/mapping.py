@@ -185,3 +185,16 @@ class ReputationMapping(BaseEstimator):
 
     def tier_index(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return tier_index(scores, self.tiers, self.block_score)
+
+
+def evidence_floor_share(prior_bad: float = 0.02) -> float:
+    """The p-value below which the anomaly alone puts a client past ``q_low = 0.5`` (for docs and tests)."""
+    target = prior_bad / (1 - prior_bad)
+    lo, hi = 1e-12, 1 / math.e
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if -math.e * mid * math.log(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return lo

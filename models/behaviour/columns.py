@@ -1,0 +1,49 @@
+"""Which feature-table columns the behaviour models read, how each is scaled, and the row helpers they share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+BEHAVIOUR_SCHEMA_VERSION = "behaviour-features/1"
+
+PROFILES = ("steady subscriber", "flapping reconnector", "scraper", "burst")
+
+#: Counts, rates and durations: heavy-tailed, so ``log1p`` before scaling.
+LOG_COLUMNS = ("n_conn", "conn_rate_per_min", "reconnects_10s", "short_lived_2s", "mean_interarrival",
+               "min_interarrival", "distinct_header_orders", "distinct_uas", "distinct_ja3", "distinct_ja4")
+SHARE_COLUMNS = ("ua_missing_share", "ua_browser_share", "tls_library_share", "ua_tls_mismatch_share", "error_share",
+                 "header_entropy_mean")
+UA_COLUMNS = ("ua_bot_probability", "ua_distance")
+CATEGORICAL_COLUMNS = ("ja3_mode", "ja4_mode", "header_order_mode", "ua_mode")
+#: Direction in which a feature is suspicious (+1: high is suspicious, -1: low is); used only to word reasons.
+LOW_IS_BAD = {"mean_interarrival", "min_interarrival", "ua_browser_share", "header_entropy_mean"}
+
+
+def source_family(kind: Any) -> str:
+    """Record ``source_kind`` → the population a model is fitted for: ``log`` (any access log, JSON lines),
+    ``capture`` (pcap/pcapng), ``har``, ``live``; anything else is ``other``."""
+    if kind is None or (isinstance(kind, float) and kind != kind):
+        return "other"
+    k = str(kind).lower()
+    if k.startswith("log") or k == "jsonl":
+        return "log"
+    if k in ("pcap", "pcapng", "capture"):
+        return "capture"
+    if k in ("har", "live"):
+        return k
+    return "other"
+
+
+def numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in frame.columns:
+        return np.full(len(frame), np.nan)
+    s = frame[col]
+    if s.dtype == np.float64:
+        return s.to_numpy(copy=False)
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan)  # Int64 & co: no per-value parsing
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
