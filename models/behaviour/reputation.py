@@ -24,11 +24,14 @@ class ReputationModel(BaseEstimator):
     """
 
     def __init__(self, behaviour: BehaviourModel | None = None, mapping: ReputationMapping | None = None,
-                 ua_model: Any = None, min_kind_clients: int = 30) -> None:
+                 ua_model: Any = None, min_kind_clients: int = 30, content: Any = None,
+                 rules: bool = True) -> None:
         self.behaviour = behaviour
         self.mapping = mapping
         self.ua_model = ua_model
         self.min_kind_clients = min_kind_clients
+        self.content = content
+        self.rules = rules
 
     # -- UA columns ------------------------------------------------------------------------------------------------
     def add_ua_columns(self, X: pd.DataFrame, cache: Any = None) -> pd.DataFrame:
@@ -81,8 +84,24 @@ class ReputationModel(BaseEstimator):
             return np.full(len(X), "other", dtype=object)
         return X["source_kind"].astype("object").fillna("other").astype(str).to_numpy(dtype=object)
 
-    def fit(self, X: pd.DataFrame, y: Any = None, progress: Any = None) -> ReputationModel:
+    def fit(self, X: pd.DataFrame, y: Any = None, progress: Any = None, groups: Any = None) -> ReputationModel:
+        """``groups``: the labelled source of each row (the content model's calibration holds sources out)."""
         self.ua_model_ = self.ua_model
+        self.tier_knots_: tuple[float, float] | None = None
+        self.content_ = None
+        if self.content is not None and y is not None:
+            yy = np.asarray(y, dtype=np.float64)
+            known = ~np.isnan(yy)
+            if len(np.unique(yy[known])) == 2:
+                if progress:
+                    progress(f"fitting the content model on {int(known.sum()):,} labelled windows")
+                from sklearn.base import clone
+
+                with _one_thread():
+                    self.content_ = clone(self.content).fit(
+                        X.loc[known].reset_index(drop=True), yy[known].astype(np.int64),
+                        None if groups is None else np.asarray(groups)[known])
+                y = None  # the behaviour models stay unsupervised: the content model is the classifier
         self.ua_base_ = self._ua_base()
         self.mapping_ = (self.mapping if self.mapping is not None else ReputationMapping()).fit()
         template = self.behaviour if self.behaviour is not None else BehaviourModel()
@@ -107,6 +126,24 @@ class ReputationModel(BaseEstimator):
             self.models_["*"] = _clone(template).fit(X, yy)
             self.fallback_ = "*"
         return self
+
+    def set_tier_knots(self, x_low: float, x_block: float) -> ReputationModel:
+        """Log-odds (before the remap) at which held-out humans start being rare: see ``mapping.remap``."""
+        self.tier_knots_ = (float(x_low), float(x_block))
+        return self
+
+    def content_evidence(self, X: pd.DataFrame) -> dict[str, Any]:
+        """The content model's probability and the named rules' nats and words for a feature table."""
+        out: dict[str, Any] = {}
+        if getattr(self, "content_", None) is not None:
+            with _one_thread():
+                out["content_p"] = self.content_.predict_proba(X)[:, 1]
+            out["content_base"] = self.content_.base_rate_
+        if getattr(self, "rules", False):
+            from stormguard.models.content import rule_evidence
+
+            out["rules"], out["fired"] = rule_evidence(X)
+        return out
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def model_for(self, kind: str) -> BehaviourModel:
@@ -137,6 +174,8 @@ class ReputationModel(BaseEstimator):
             routed = np.asarray(target, dtype=object)[np.asarray(kind_codes)]
             groups = [(str(k), routed == k) for k in sorted(set(target))]
         ua_p = numeric_column(X, "ua_bot_probability") if self.ua_base_ is not None else None
+        content = self.content_evidence(X) if n else {}
+        log_odds = np.zeros(n)
         profile_parts: list[tuple[Any, Any]] = []
         reason_parts: list[tuple[Any, Any]] = []
         for kind, rows in groups if n else []:
@@ -149,8 +188,13 @@ class ReputationModel(BaseEstimator):
                                        classifier_base=model.classifier_base_ if model.classifier_ is not None
                                        else None,
                                        ua_p=None if ua_p is None else ua_p[rows], ua_base=self.ua_base_,
-                                       listed_bad=listed)
+                                       listed_bad=listed,
+                                       content_p=content["content_p"][rows] if "content_p" in content else None,
+                                       content_base=content.get("content_base"),
+                                       rules=content["rules"][rows] if "rules" in content else None,
+                                       tier_knots=getattr(self, "tier_knots_", None))
             score[rows] = ev["score"]
+            log_odds[rows] = ev["log_odds"]
             cluster[rows] = out["cluster"]
             anomaly[rows] = out["anomaly"]
             pval[rows] = out["p_value"]
@@ -168,8 +212,24 @@ class ReputationModel(BaseEstimator):
                        "p_value": pval})
         if ua_p is not None:
             result["bot_probability"] = ua_p
-        result["reasons"] = _assemble(reason_parts, n)
+        if "content_p" in content:
+            result["content_probability"] = content["content_p"]
+        result["log_odds"] = log_odds
+        reasons = _assemble(reason_parts, n)
+        if "fired" in content and n:
+            fired = content["fired"]
+            text = np.asarray(reasons, dtype=object)
+            reasons = np.where(fired != "", np.where(text != "", fired + "; " + text, fired), text)
+        result["reasons"] = reasons
         return pd.DataFrame(result)
+
+
+def _one_thread() -> Any:
+    """OpenMP in gradient boosting spins on every core; on a shared machine one thread is several times faster for
+    these small matrices (and the live scorer must not steal the event loop's core)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="openmp")
 
 
 def _assemble(parts: list[tuple[Any, Any]], n: int) -> Any:
