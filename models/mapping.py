@@ -178,7 +178,7 @@ class ReputationMapping(BaseEstimator):
         content_ev = np.zeros(n)
         if content_p is not None and content_base is not None:
             q = np.clip(np.asarray(content_p, dtype=np.float64), 1e-6, 1 - 1e-6)
-            ev["content"] = np.clip(np.log(q / (1 - q)) - _logit(content_base), -math.log(self.trust_ratio), cap)
+            ev["content"] = np.clip(np.log(q / (1 - q)) - _logit(content_base), -self.ua_good_cap, cap)
             ev["anomaly"] = np.minimum(ev["anomaly"], anomaly_cap_with_content)
             content_ev = content_ev + ev["content"]
         if rules is not None:

@@ -88,7 +88,6 @@ def signal_importance(model: Any, table: pd.DataFrame, seed: int = 0) -> dict[st
     """Drop in ROC-AUC of the content probability when one signal's source column is shuffled (in-sample of the
     given table; pass held-out rows for an honest figure)."""
     from sklearn.metrics import roc_auc_score
-
     from stormguard.models.content import INPUTS, SIGNALS
 
     if getattr(model, "content_", None) is None:
