@@ -119,7 +119,7 @@ def _corpus_model(sample: object, corpus: Path, config: object, seed: int) -> tu
         return ReputationModel(behaviour=BehaviourModel(n_clusters=N_CLUSTERS, n_estimators=N_TREES,
                                                         random_state=seed),
                                mapping=ReputationMapping.from_config(config), content=ContentClassifier(
-                                   random_state=seed))
+                                   random_state=seed), rules=True)
 
     oof = leave_one_source_out(rows, make, progress=print)
     knots = choose_knots(oof)

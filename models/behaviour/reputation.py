@@ -25,7 +25,7 @@ class ReputationModel(BaseEstimator):
 
     def __init__(self, behaviour: BehaviourModel | None = None, mapping: ReputationMapping | None = None,
                  ua_model: Any = None, min_kind_clients: int = 30, content: Any = None,
-                 rules: bool = True) -> None:
+                 rules: bool = False) -> None:
         self.behaviour = behaviour
         self.mapping = mapping
         self.ua_model = ua_model
@@ -214,7 +214,8 @@ class ReputationModel(BaseEstimator):
             result["bot_probability"] = ua_p
         if "content_p" in content:
             result["content_probability"] = content["content_p"]
-        result["log_odds"] = log_odds
+        if content:
+            result["log_odds"] = log_odds
         reasons = _assemble(reason_parts, n)
         if "fired" in content and n:
             fired = content["fired"]
