@@ -42,6 +42,10 @@ WINDOW_S = 300.0
 N_CLUSTERS = 4
 N_TREES = 50
 MAX_BYTES = 2_000_000
+#: The low knot sits at least this far above the prior: anomaly, behaviour classifier and content classifier (<= 1 nat
+#: each) alone,
+#: without a named rule or a bad UA, never put a client in the low tier.
+KNOT_FLOOR_NATS = 3.5
 
 #: Source address → label, from the client cast of ``make_sample.py`` (1 abusive, 0 normal; absent = unlabelled).
 CAST: dict[str, float] = {
@@ -110,22 +114,25 @@ def _corpus_model(sample: object, corpus: Path, config: object, seed: int) -> tu
 
     table = corpus_sources(corpus, progress=print)
     print(table.lf_table.to_string(index=False))
-    cast = sample.assign(label=sample["key"].map(CAST), source="sample-cast", lf="sample_cast")  # type: ignore[attr-defined]
-    rows = pd.concat([table.features[table.features["source"] != "apache-crawlers"],
-                      cast[cast["label"].notna()]], ignore_index=True)
-    rows["source_kind"] = rows["source_kind"].fillna("log")
+    rows = table.features[table.features["source"] != "apache-crawlers"].reset_index(drop=True)
 
-    def make() -> ReputationModel:
-        return ReputationModel(behaviour=BehaviourModel(n_clusters=N_CLUSTERS, n_estimators=N_TREES,
-                                                        random_state=seed),
-                               mapping=ReputationMapping.from_config(config), content=ContentClassifier(
-                                   random_state=seed), rules=True)
+    labels = sample["key"].map(CAST)  # type: ignore[index]
+
+    def make(content_rows: pd.DataFrame) -> ReputationModel:
+        """Behaviour (profiles, anomaly, classifier) from the sample's cast, as without --corpus, so that live and
+        capture clients are judged as before; content model and rules from the labelled corpus windows."""
+        model = ReputationModel(behaviour=BehaviourModel(n_clusters=N_CLUSTERS, n_estimators=N_TREES,
+                                                         random_state=seed),
+                                mapping=ReputationMapping.from_config(config), rules=True)
+        model.fit(sample, labels.to_numpy(dtype=float))
+        return model.fit_content(ContentClassifier(random_state=seed), content_rows,
+                                 content_rows["label"].to_numpy(dtype=float), content_rows["source"].to_numpy())
 
     oof = leave_one_source_out(rows, make, progress=print)
-    knots = choose_knots(oof)
     mapping = ReputationMapping.from_config(config).fit()
+    knots = choose_knots(oof, floor=mapping.prior_logit_ + KNOT_FLOOR_NATS)
     metrics = transfer_metrics(oof, mapping, knots)
-    model = make().fit(rows, rows["label"].to_numpy(dtype=float), groups=rows["source"].to_numpy())
+    model = make(rows)
     model.set_tier_knots(*knots)
     metrics["knots"] = list(knots)
     metrics["labelling_functions"] = table.lf_table.to_dict("records")

@@ -163,11 +163,13 @@ class ReputationMapping(BaseEstimator):
                 ua_base: float | None = None, listed_bad: np.ndarray | None = None,
                 content_p: np.ndarray | None = None, content_base: float | None = None,
                 rules: np.ndarray | None = None, tier_knots: tuple[float, float] | None = None,
-                anomaly_cap_with_content: float = 1.0) -> dict[str, np.ndarray]:
+                anomaly_cap_with_content: float = 1.0, content_cap: float = 1.0) -> dict[str, np.ndarray]:
         """Evidence per source (nats) and the resulting ``log_odds`` and ``score`` (dict of arrays).
 
         With the content model (``content_p``, its training base rate ``content_base``) and the named content
-        ``rules`` (nats), rarity alone counts for at most ``anomaly_cap_with_content`` nats, and the UA's evidence
+        ``rules`` (nats), rarity alone counts for at most ``anomaly_cap_with_content`` nats, the classifier for at most
+        ``content_cap`` nats against a client (the named rules carry the strong evidence: leave-one-source-out showed
+        the classifier adds little once they speak, and it is the part most exposed to unseen sites), and the UA's evidence
         *for* a client is dropped whenever content evidence points the other way: a browser UA never raises a client
         whose requests look abusive. ``tier_knots`` ``(x_low, x_block)`` (chosen on held-out sources, see
         :meth:`stormguard.models.behaviour.reputation.ReputationModel.set_tier_knots`) remap the log-odds so that
@@ -178,21 +180,23 @@ class ReputationMapping(BaseEstimator):
         content_ev = np.zeros(n)
         if content_p is not None and content_base is not None:
             q = np.clip(np.asarray(content_p, dtype=np.float64), 1e-6, 1 - 1e-6)
-            ev["content"] = np.clip(np.log(q / (1 - q)) - _logit(content_base), -self.ua_good_cap, cap)
+            ev["content"] = np.clip(np.log(q / (1 - q)) - _logit(content_base), -self.ua_good_cap, content_cap)
             ev["anomaly"] = np.minimum(ev["anomaly"], anomaly_cap_with_content)
             content_ev = content_ev + ev["content"]
         if rules is not None:
             ev["rules"] = np.asarray(rules, dtype=np.float64)
             content_ev = content_ev + ev["rules"]
+        if classifier_p is not None and classifier_base is not None:
+            q = np.clip(np.asarray(classifier_p, dtype=np.float64), 1e-6, 1 - 1e-6)
+            ev["classifier"] = np.clip(np.log(q / (1 - q)) - _logit(classifier_base), -cap, cap)
+            if content_p is not None:  # behaviour (rates, reconnects) beside content: capped like the anomaly
+                ev["classifier"] = np.minimum(ev["classifier"], anomaly_cap_with_content)
         if content_p is not None or rules is not None:
             if ua_p is not None and ua_base is not None and 0 < ua_base < 1:
                 q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
                 ua = np.clip(np.log(q / (1 - q)) - _logit(ua_base), -self.ua_good_cap, cap)
                 ev["ua"] = np.where((content_ev > 0) & (ua < 0), 0.0, ua)
-        elif classifier_p is not None and classifier_base is not None:
-            q = np.clip(np.asarray(classifier_p, dtype=np.float64), 1e-6, 1 - 1e-6)
-            ev["classifier"] = np.clip(np.log(q / (1 - q)) - _logit(classifier_base), -cap, cap)
-        elif ua_p is not None and ua_base is not None and 0 < ua_base < 1:
+        elif "classifier" not in ev and ua_p is not None and ua_base is not None and 0 < ua_base < 1:
             q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
             ev["ua"] = np.clip(np.log(q / (1 - q)) - _logit(ua_base), -self.ua_good_cap, cap)
         if listed_bad is not None:
@@ -207,13 +211,15 @@ class ReputationMapping(BaseEstimator):
         return ev
 
     def remap(self, log_odds: np.ndarray, x_low: float, x_block: float) -> np.ndarray:
-        """Monotone remap: ``x_low`` → logit(``q_low``), ``x_block`` → logit(``q_block``), linear between, shifted
-        outside (continuous; ``x_block`` is kept at least 0.5 nats above ``x_low``)."""
+        """Monotone, continuous remap of posterior log-odds: identity up to the prior (the neutral point and the
+        trusted side do not move), then linear so that ``x_low`` lands on logit(``q_low``) and ``x_block`` on
+        logit(``q_block``), shifted beyond. ``x_low`` is kept above the prior and ``x_block`` 0.5 nats above it."""
+        x0 = self.prior_logit_
         y_low, y_block = _logit(self.q_low), _logit(self.q_block)
+        x_low = max(x_low, x0 + 0.5)
         x_block = max(x_block, x_low + 0.5)
-        x = np.asarray(log_odds, dtype=np.float64)
-        mid = y_low + (x - x_low) * (y_block - y_low) / (x_block - x_low)
-        return np.where(x < x_low, x - x_low + y_low, np.where(x > x_block, x - x_block + y_block, mid))
+        return np.interp(np.asarray(log_odds, dtype=np.float64), [x0 - 1e6, x0, x_low, x_block, x_block + 1e6],
+                         [x0 - 1e6, x0, y_low, y_block, y_block + 1e6])
 
     def tier(self, scores: np.ndarray) -> np.ndarray:
         return tier_names(scores, self.tiers, self.block_score)

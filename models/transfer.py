@@ -17,24 +17,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["choose_knots", "leave_one_source_out", "transfer_metrics"]
+__all__ = ["choose_knots", "fit_all", "leave_one_source_out", "signal_importance", "transfer_metrics"]
 
 #: Share of held-out human windows allowed past the low / block knots.
 HUMAN_LOW_SHARE = 0.005
 HUMAN_BLOCK_SHARE = 0.001
 
 
-def _fit(train: pd.DataFrame, make_model: Callable[[], Any]) -> Any:
+def fit_all(train: pd.DataFrame, make_model: Callable[[], Any]) -> Any:
+    """``make_model()`` fitted on labelled rows (``label``; ``source`` as groups): the default ``make_model``."""
     return make_model().fit(train, train["label"].to_numpy(dtype=float), groups=train["source"].to_numpy())
 
 
-def leave_one_source_out(table: pd.DataFrame, make_model: Callable[[], Any],
+def leave_one_source_out(table: pd.DataFrame, make_model: Callable[[pd.DataFrame], Any],
                          progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Out-of-fold score rows (``source``, ``label``, ``log_odds``, ``score``, ``tier``, ``reasons``...)."""
+    """Out-of-fold score rows (``source``, ``label``, ``log_odds``, ``score``, ``tier``, ``reasons``...).
+
+    ``make_model(train_rows)`` returns a fitted model (see :func:`fit_all`)."""
     parts = []
     for source in sorted(table["source"].unique()):
         held = table["source"] == source
-        model = _fit(table.loc[~held].reset_index(drop=True), make_model)
+        model = make_model(table.loc[~held].reset_index(drop=True))
         scored = model.score_frame(table.loc[held].reset_index(drop=True))
         scored["source"] = source
         scored["label"] = table.loc[held, "label"].to_numpy()
@@ -45,10 +48,14 @@ def leave_one_source_out(table: pd.DataFrame, make_model: Callable[[], Any],
     return pd.concat(parts, ignore_index=True)
 
 
-def choose_knots(oof: pd.DataFrame) -> tuple[float, float]:
-    """Log-odds quantiles of the held-out human windows: (1 − HUMAN_LOW_SHARE, 1 − HUMAN_BLOCK_SHARE)."""
+def choose_knots(oof: pd.DataFrame, floor: float) -> tuple[float, float]:
+    """Log-odds quantiles of the held-out human windows, (1 − HUMAN_LOW_SHARE, 1 − HUMAN_BLOCK_SHARE), but never
+    below ``floor`` (and the block knot at least 2 nats above the low one): a client without content evidence
+    (a TLS-only capture, a live SSE stream) must not reach ``low`` through rarity alone."""
     human = oof.loc[oof["label"] == 0, "log_odds"].to_numpy()
-    return float(np.quantile(human, 1 - HUMAN_LOW_SHARE)), float(np.quantile(human, 1 - HUMAN_BLOCK_SHARE))
+    low = max(float(np.quantile(human, 1 - HUMAN_LOW_SHARE)), floor)
+    block = max(float(np.quantile(human, 1 - HUMAN_BLOCK_SHARE)), low + 2.0)
+    return low, block
 
 
 def transfer_metrics(oof: pd.DataFrame, mapping: Any, knots: tuple[float, float] | None) -> dict[str, Any]:

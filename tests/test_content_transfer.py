@@ -57,7 +57,7 @@ def test_leave_one_source_out(corpus: Path, capsys: pytest.CaptureFixture[str]) 
     from stormguard.models.content import ContentClassifier
     from stormguard.models.mapping import ReputationMapping
     from stormguard.models.sources import corpus_sources
-    from stormguard.models.transfer import choose_knots, leave_one_source_out, transfer_metrics
+    from stormguard.models.transfer import choose_knots, fit_all, leave_one_source_out, transfer_metrics
 
     table = corpus_sources(corpus, windows=(300.0,))
     assert {"acunetix", "netsparker", "w3af", "fail2ban", "iliou-humans", "apache-browsers"} <= set(
@@ -69,11 +69,11 @@ def test_leave_one_source_out(corpus: Path, capsys: pytest.CaptureFixture[str]) 
         return ReputationModel(behaviour=BehaviourModel(n_clusters=3, n_estimators=30), content=ContentClassifier(),
                                rules=True)
 
-    oof = leave_one_source_out(rows, make)
+    oof = leave_one_source_out(rows, lambda train: fit_all(train, make))
     assert len(oof) == len(rows)
     mapping = ReputationMapping().fit()
     raw = transfer_metrics(oof, mapping, None)
-    tuned = transfer_metrics(oof, mapping, choose_knots(oof))
+    tuned = transfer_metrics(oof, mapping, choose_knots(oof, floor=mapping.prior_logit_ + 3.5))
     with capsys.disabled():
         print(f"\nLOSO (300 s windows): ROC-AUC {raw['roc_auc']:.3f}, PR-AUC {raw['pr_auc']:.3f}; with knots: "
               f"abusive low/blocked {tuned['abusive_low_or_blocked']:.1%}, humans {tuned['human_low_or_blocked']:.1%}"

@@ -58,7 +58,8 @@ ATTACK_MARKERS = re.compile(
     r"|'\s*or\s+'?\d|\bor\s+1\s*=\s*1|sleep\s*\(|benchmark\s*\(|waitfor\s+delay|/etc/passwd|/etc/shadow|win\.ini"
     r"|boot\.ini|\(\)\s*\{|=\s*(?:https?|ftp)://|(?:php|data|expect|file|zip|phar|input)://|\$\{jndi:|\$\{\$|"
     r"cmd\.exe|/bin/(?:ba)?sh|\bwget\s|\bcurl\s|base64_decode|eval\s*\(|exec\s*\(|system\s*\(|passthru|"
-    r"%(?:2e|2f|5c|00|3c|27)"  # still encoded after two decodes: triple encoding is an evasion attempt
+    r"[\r\n]|-->|expression\s*\(|\(\s*select\b|\bchar\s*\(|concat\s*\(|\b0x[0-9a-f]{4,}\b"
+    r"|%(?:2e|2f|5c|00|3c|27|0d|0a)"  # still encoded after two decodes: triple encoding is an evasion attempt
 )
 #: Request targets longer than this (characters, path + query) are "long URLs" (overflows, payloads).
 LONG_URL_CHARS = 200
@@ -98,7 +99,7 @@ def path_evidence(target: str) -> tuple[float, ...]:
     ``path_depth``: non-empty segments; ``query_length`` / ``query_entropy``: characters and character entropy of
     the query string; ``static_asset``, ``script_ext``, ``backup_ext``: the last segment's extension kind;
     ``dotfile``: a segment starting with a dot (not ``.``/``..``; ``/.well-known/`` is ordinary); ``admin_root``:
-    a segment naming an admin/CMS/management root; ``attack_marker``: a payload marker anywhere in the decoded
+    a segment naming an admin/CMS/management root or containing ``admin`` (siteadmin, webadmin, ...); ``attack_marker``: a payload marker anywhere in the decoded
     target; ``long_url``: more than :data:`LONG_URL_CHARS` characters; ``robots_txt``: the target is /robots.txt.
     """
     raw_path, _, query = target.partition("?")
@@ -107,7 +108,7 @@ def path_evidence(target: str) -> tuple[float, ...]:
     last = segments[-1] if segments and not decoded.endswith("/") else ""
     ext = _extension(last) if last else None
     dot = any(s.startswith(".") and s not in (".", "..") and s != ".well-known" for s in segments)
-    admin = any(s in ADMIN_SEGMENTS for s in segments)
+    admin = any(s in ADMIN_SEGMENTS or "admin" in s for s in segments)
     marker = ATTACK_MARKERS.search(_decoded(target)) is not None
     return (float(len(segments)), float(len(query)), char_entropy(query), float(ext in STATIC_EXTENSIONS),
             float(ext in SCRIPT_EXTENSIONS), float(ext in BACKUP_EXTENSIONS), float(dot), float(admin),

@@ -90,18 +90,7 @@ class ReputationModel(BaseEstimator):
         self.tier_knots_: tuple[float, float] | None = None
         self.content_ = None
         if self.content is not None and y is not None:
-            yy = np.asarray(y, dtype=np.float64)
-            known = ~np.isnan(yy)
-            if len(np.unique(yy[known])) == 2:
-                if progress:
-                    progress(f"fitting the content model on {int(known.sum()):,} labelled windows")
-                from sklearn.base import clone
-
-                with _one_thread():
-                    self.content_ = clone(self.content).fit(
-                        X.loc[known].reset_index(drop=True), yy[known].astype(np.int64),
-                        None if groups is None else np.asarray(groups)[known])
-                y = None  # the behaviour models stay unsupervised: the content model is the classifier
+            self.fit_content(self.content, X, y, groups, progress)
         self.ua_base_ = self._ua_base()
         self.mapping_ = (self.mapping if self.mapping is not None else ReputationMapping()).fit()
         template = self.behaviour if self.behaviour is not None else BehaviourModel()
@@ -127,6 +116,24 @@ class ReputationModel(BaseEstimator):
             self.fallback_ = "*"
         return self
 
+    def fit_content(self, estimator: Any, X: pd.DataFrame, y: Any, groups: Any = None,
+                    progress: Any = None) -> ReputationModel:
+        """Fit (a clone of) the content ``estimator`` on labelled windows ``X``/``y`` (NaN = unlabelled), which need
+        not be the behaviour models' training data: the bundled default learns behaviour from the project's own
+        sample and content from the labelled corpus sources."""
+        from sklearn.base import clone
+
+        yy = np.asarray(y, dtype=np.float64)
+        known = ~np.isnan(yy)
+        if len(np.unique(yy[known])) < 2:
+            raise ValueError("the content model needs labelled windows of both classes")
+        if progress:
+            progress(f"fitting the content model on {int(known.sum()):,} labelled windows")
+        with _one_thread():
+            self.content_ = clone(estimator).fit(X.loc[known].reset_index(drop=True), yy[known].astype(np.int64),
+                                                 None if groups is None else np.asarray(groups)[known])
+        return self
+
     def set_tier_knots(self, x_low: float, x_block: float) -> ReputationModel:
         """Log-odds (before the remap) at which held-out humans start being rare: see ``mapping.remap``."""
         self.tier_knots_ = (float(x_low), float(x_block))
@@ -137,7 +144,10 @@ class ReputationModel(BaseEstimator):
         out: dict[str, Any] = {}
         if getattr(self, "content_", None) is not None:
             with _one_thread():
-                out["content_p"] = self.content_.predict_proba(X)[:, 1]
+                p = self.content_.predict_proba(X)[:, 1]
+            # no request target known (TLS-only captures, bare connections): the content model has nothing to say
+            has = numeric_column(X, "n_path") > 0
+            out["content_p"] = np.where(has, p, self.content_.base_rate_)
             out["content_base"] = self.content_.base_rate_
         if getattr(self, "rules", False):
             from stormguard.models.content import rule_evidence
