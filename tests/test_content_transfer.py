@@ -52,31 +52,50 @@ def test_scanner_vocabulary_generalises(corpus: Path) -> None:
 
 @pytest.mark.corpus
 @pytest.mark.slow
-def test_leave_one_source_out(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from stormguard.models.behaviour import BehaviourModel, ReputationModel
-    from stormguard.models.content import ContentClassifier
-    from stormguard.models.mapping import ReputationMapping
-    from stormguard.models.sources import corpus_sources
-    from stormguard.models.transfer import choose_knots, fit_all, leave_one_source_out, transfer_metrics
+def test_evaluate_loso_headline(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``stormguard evaluate data/default-model.skops --loso CORPUS``: every source held out in turn."""
+    import json
 
-    table = corpus_sources(corpus, windows=(300.0,))
-    assert {"acunetix", "netsparker", "w3af", "fail2ban", "iliou-humans", "apache-browsers"} <= set(
-        table.features["source"])
-    assert set(table.lf_table["lf"]) >= {"crawler_ua", "asset_browser", "payload", "scanner_log"}
-    rows = table.features[table.features["source"] != "apache-crawlers"].reset_index(drop=True)
+    from stormguard.cli import main
 
-    def make() -> ReputationModel:
-        return ReputationModel(behaviour=BehaviourModel(n_clusters=3, n_estimators=30), content=ContentClassifier(),
-                               rules=True)
-
-    oof = leave_one_source_out(rows, lambda train: fit_all(train, make))
-    assert len(oof) == len(rows)
-    mapping = ReputationMapping().fit()
-    raw = transfer_metrics(oof, mapping, None)
-    tuned = transfer_metrics(oof, mapping, choose_knots(oof, floor=mapping.prior_logit_ + 3.5))
+    out = tmp_path / "loso.json"
+    bundle = Path(__file__).resolve().parent.parent / "data" / "default-model.skops"
+    assert main(["evaluate", str(bundle), "--loso", str(corpus), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "leave-one-source-out" in text and "labelling functions" in text and "per held-out source" in text
+    doc = json.loads(out.read_text())
+    m = doc["metrics"]
+    sources = {row["source"] for row in m["per_source"]}
+    assert {"acunetix", "netsparker", "w3af", "fail2ban", "iliou-humans", "apache-browsers"} <= sources
     with capsys.disabled():
-        print(f"\nLOSO (300 s windows): ROC-AUC {raw['roc_auc']:.3f}, PR-AUC {raw['pr_auc']:.3f}; with knots: "
-              f"abusive low/blocked {tuned['abusive_low_or_blocked']:.1%}, humans {tuned['human_low_or_blocked']:.1%}"
-              f", abusive browser-UA below neutral {tuned['abusive_browser_ua_below_neutral']:.1%}")
-    assert raw["roc_auc"] > 0.6
-    assert tuned["human_low_or_blocked"] <= 0.02
+        print(f"\nLOSO: ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, abusive low/blocked "
+              f"{m['abusive_low_or_blocked']:.1%}, humans {m['human_low_or_blocked']:.2%}, abusive browser-UA below "
+              f"neutral {m['abusive_browser_ua_below_neutral']:.1%}; origin-only ROC-AUC "
+              f"{doc['metrics_origin_only']['roc_auc']:.3f}")
+    # the issue-12 targets this model meets on held-out sources (ROC-AUC >= 0.95 is not met: see the README)
+    assert m["roc_auc"] >= 0.9 and doc["metrics_origin_only"]["roc_auc"] >= 0.8
+    assert m["abusive_low_or_blocked"] >= 0.5
+    assert m["human_low_or_blocked"] <= 0.01
+    assert m["abusive_browser_ua_below_neutral"] >= 0.8
+
+
+def test_score_explain(tmp_path: Path) -> None:
+    """``score --explain`` adds each client's top content signals; a probing client names its probes."""
+    import pandas as pd
+
+    from stormguard.cli import main
+
+    log = tmp_path / "a.log"
+    lines = [f'10.0.0.9 - - [17/May/2015:10:05:{i:02d} +0000] "GET /{p} HTTP/1.1" 404 0 "-" "Mozilla/5.0"'
+             for i, p in enumerate([".git/config", ".env", "wp-login.php", "backup.sql", "admin/", "x?id=1%27%20or"
+                                    "%201=1"])]
+    lines.append('10.0.0.1 - - [17/May/2015:10:05:00 +0000] "GET /index.html HTTP/1.1" 200 10 "-" "Mozilla/5.0"')
+    log.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "s.csv"
+    bundle = Path(__file__).resolve().parent.parent / "data" / "default-model.skops"
+    assert main(["score", str(bundle), str(log), "--explain", "-o", str(out)]) == 0
+    scores = pd.read_csv(out, keep_default_na=False).set_index("key")
+    assert "dot-files" in scores.loc["10.0.0.9", "explain"] and scores.loc["10.0.0.1", "explain"] == ""
+    assert "payload marker" in scores.loc["10.0.0.9", "reasons"]
+    assert scores.loc["10.0.0.9", "score"] < scores.loc["10.0.0.1", "score"]
+    assert scores.loc["10.0.0.9", "tier"] in ("low", "blocked")
