@@ -121,7 +121,7 @@ class ContentClassifier(ClassifierMixin, BaseEstimator):
     (calibration folds hold whole sources out; without groups, stratified folds).
     """
 
-    def __init__(self, max_iter: int = 150, max_depth: int = 3, learning_rate: float = 0.1,
+    def __init__(self, max_iter: int = 100, max_depth: int = 3, learning_rate: float = 0.1,
                  l2_regularization: float = 1.0, min_samples_leaf: int = 20, calibration_folds: int = 3,
                  calibration: str = "isotonic",
                  random_state: int | None = 0) -> None:
@@ -160,7 +160,14 @@ class ContentClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return self.model_.predict_proba(content_matrix(X, INPUTS))
+        M = content_matrix(X, INPUTS)
+        if len(M) < 1024:
+            return self.model_.predict_proba(M)
+        # windows repeat (one clean page view looks like every other): predict each distinct signal row once
+        group = pd.DataFrame(M).groupby(list(range(M.shape[1])), dropna=False, sort=False).ngroup().to_numpy()
+        first = np.zeros(int(group.max()) + 1, dtype=np.int64)
+        first[group[::-1]] = np.arange(len(group))[::-1]
+        return self.model_.predict_proba(M[first])[group]
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
@@ -210,6 +217,8 @@ def rule_evidence(X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the summed nats of the :data:`RULES` that fire (capped) and their reasons (``"; "``-joined)."""
     hit = rule_hits(X)
     nats = np.minimum(hit @ np.array([r[1] for r in RULES.values()]), RULES_CAP)
-    words = np.array([r[2] for r in RULES.values()], dtype=object)
-    fired = np.array(["; ".join(words[row]) for row in hit], dtype=object) if len(X) else np.empty(0, dtype=object)
-    return nats, fired
+    words = [r[2] for r in RULES.values()]
+    code = hit.astype(np.int64) @ (np.int64(1) << np.arange(len(RULES), dtype=np.int64))
+    uniq, inverse = np.unique(code, return_inverse=True)  # few distinct combinations: word each once
+    texts = np.array(["; ".join(w for j, w in enumerate(words) if int(c) >> j & 1) for c in uniq], dtype=object)
+    return nats, texts[inverse.reshape(-1)] if len(X) else np.empty(0, dtype=object)

@@ -228,16 +228,26 @@ class ReputationModel(BaseEstimator):
             result["log_odds"] = log_odds
         reasons = _assemble(reason_parts, n)
         if "fired" in content and n:
-            fired = content["fired"]
-            text = np.asarray(reasons, dtype=object)
-            reasons = np.where(fired != "", np.where(text != "", fired + "; " + text, fired), text)
+            reasons = _join_reasons(content["fired"], reasons)
         result["reasons"] = reasons
         return pd.DataFrame(result)
 
 
+def _join_reasons(first: Any, second: Any) -> np.ndarray:
+    """Row-wise ``first; second`` (either may be empty), each distinct pair joined once."""
+    a_codes, a_vals = pd.factorize(np.asarray(first, dtype=object))
+    b_codes, b_vals = pd.factorize(np.asarray(second, dtype=object))
+    pair = a_codes.astype(np.int64) * (len(b_vals) + 1) + b_codes
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    texts = np.array(["; ".join(s for s in (str(a_vals[p // (len(b_vals) + 1)]), str(b_vals[p % (len(b_vals) + 1)]))
+                                if s) for p in uniq.tolist()], dtype=object)
+    return texts[inverse.reshape(-1)]
+
+
 def _one_thread() -> Any:
     """OpenMP in gradient boosting spins on every core; on a shared machine one thread is several times faster for
-    these small matrices (and the live scorer must not steal the event loop's core)."""
+    these matrices (two threads measured slower than one under load), and the live scorer must not steal the event
+    loop's core."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="openmp")
