@@ -23,7 +23,6 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GroupKFold
 from sklearn.utils.validation import check_is_fitted
-from stormguard.models.behaviour.columns import numeric_column
 
 __all__ = ["SIGNALS", "ContentClassifier", "content_matrix", "explain_signals"]
 
@@ -75,21 +74,31 @@ EXPLAIN_ONLY = frozenset({"share_script_ext", "share_post", "path_depth", "share
 INPUTS = tuple(n for n in SIGNALS if n not in EXPLAIN_ONLY)
 
 
+def _source_columns(X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every feature column the signals read, as float arrays, in one pandas conversion (absent columns: NaN)."""
+    needed = list(dict.fromkeys([c for num, den, *_ in SIGNALS.values() for c in (num, den)
+                                 if c is not None and c != "n_path_capped"] + ["n_path"]))
+    present = [c for c in needed if c in X.columns]
+    block = X[present].to_numpy(dtype=np.float64, na_value=np.nan) if present and len(X) else np.empty((len(X), 0))
+    out = {c: block[:, i] for i, c in enumerate(present)}
+    for c in needed:
+        if c not in out:
+            out[c] = np.full(len(X), np.nan)
+    return out
+
+
 def content_matrix(X: pd.DataFrame, names: tuple[str, ...] = tuple(SIGNALS)) -> np.ndarray:
     """The :data:`SIGNALS` of a feature table as a float matrix (NaN where a denominator is 0 or a column absent)."""
     from stormguard.features.clients.vector import PATH_DISTINCT_CAP
 
-    n_path = numeric_column(X, "n_path")
+    src = _source_columns(X)
     cols = []
     with np.errstate(divide="ignore", invalid="ignore"):
         for name in names:
             num, den = SIGNALS[name][0], SIGNALS[name][1]
-            v = numeric_column(X, num)
-            if den == "n_path_capped":
-                d = np.minimum(n_path, PATH_DISTINCT_CAP)
-            elif den is not None:
-                d = numeric_column(X, den)
+            v = src[num]
             if den is not None:
+                d = np.minimum(src["n_path"], PATH_DISTINCT_CAP) if den == "n_path_capped" else src[den]
                 v = np.where(d > 0, v / np.where(d > 0, d, 1.0), np.nan)
             if name in _LOG:
                 v = np.log1p(np.maximum(v, 0.0))
@@ -98,19 +107,17 @@ def content_matrix(X: pd.DataFrame, names: tuple[str, ...] = tuple(SIGNALS)) -> 
 
 
 def explain_signals(X: pd.DataFrame, top: int = 3) -> np.ndarray:
-    """Per row, up to ``top`` named suspicious signals past their threshold, worded (``"; "``-joined)."""
-    M = content_matrix(X)
-    names = list(SIGNALS)
+    """Per row, up to ``top`` named suspicious signals past their threshold, strongest first, worded with their
+    values (``"; "``-joined; empty when none). Only rows with a hit are worded one by one."""
+    names = [n for n in SIGNALS if SIGNALS[n][2] > 0]
+    M = content_matrix(X, tuple(names))
+    th = np.array([SIGNALS[n][3] for n in names])
+    with np.errstate(invalid="ignore"):
+        strength = np.where(np.nan_to_num(M, nan=-np.inf) > th, M / np.maximum(th, 1e-3), -np.inf)
     out = np.full(len(X), "", dtype=object)
-    for i in range(len(X)):
-        hits = []
-        for j, name in enumerate(names):
-            _, _, direction, threshold, reason = SIGNALS[name]
-            v = M[i, j]
-            if direction > 0 and np.isfinite(v) and v > threshold:
-                hits.append((v / max(threshold, 1e-3), f"{reason} ({name} {v:.2f})"))
-        hits.sort(key=lambda h: -h[0])
-        out[i] = "; ".join(h[1] for h in hits[:top])
+    for i in np.flatnonzero(np.isfinite(strength).any(axis=1)):
+        order = [j for j in np.argsort(-strength[i])[:top] if np.isfinite(strength[i, j])]
+        out[i] = "; ".join(f"{SIGNALS[names[j]][4]} ({names[j]} {M[i, j]:.2f})" for j in order)
     return out
 
 
@@ -159,8 +166,12 @@ class ContentClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.predict_proba_signals(content_matrix(X))
+
+    def predict_proba_signals(self, signals: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` from a :func:`content_matrix` of every signal (so callers compute it once)."""
         check_is_fitted(self, "model_")
-        M = content_matrix(X, INPUTS)
+        M = signals[:, [list(SIGNALS).index(n) for n in INPUTS]]
         if len(M) < 1024:
             return self.model_.predict_proba(M)
         # windows repeat (one clean page view looks like every other): predict each distinct signal row once
@@ -197,15 +208,17 @@ RULES: dict[str, tuple[tuple[tuple[str, str, float], ...], float, str]] = {
 RULES_CAP = 6.0
 
 
-def rule_hits(X: pd.DataFrame) -> np.ndarray:
-    """Boolean matrix: row × :data:`RULES` (in order), True where every condition of the rule holds."""
-    needed = tuple(dict.fromkeys(sig for conds, _, _ in RULES.values() for sig, _, _ in conds))
-    M = dict(zip(needed, content_matrix(X, needed).T, strict=True)) if len(X) else {}
-    out = np.zeros((len(X), len(RULES)), dtype=bool)
+def rule_hits(X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    """Boolean matrix: row × :data:`RULES` (in order), True where every condition of the rule holds. ``X`` is a
+    feature table or its :func:`content_matrix` of every signal."""
+    S = X if isinstance(X, np.ndarray) else content_matrix(X)
+    n = len(S)
+    M = {name: S[:, i] for i, name in enumerate(SIGNALS)}
+    out = np.zeros((n, len(RULES)), dtype=bool)
     for j, (conds, _, _) in enumerate(RULES.values()):
-        ok = np.ones(len(X), dtype=bool)
+        ok = np.ones(n, dtype=bool)
         for sig, op, th in conds:
-            v = M[sig] if len(X) else np.empty(0)
+            v = M[sig]
             if sig == "share_static":
                 v = np.nan_to_num(v, nan=0.0)
             ok &= (v > th) if op == ">" else (v < th)  # NaN compares False: no evidence
@@ -213,7 +226,7 @@ def rule_hits(X: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def rule_evidence(X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def rule_evidence(X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the summed nats of the :data:`RULES` that fire (capped) and their reasons (``"; "``-joined)."""
     hit = rule_hits(X)
     nats = np.minimum(hit @ np.array([r[1] for r in RULES.values()]), RULES_CAP)
@@ -221,4 +234,4 @@ def rule_evidence(X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     code = hit.astype(np.int64) @ (np.int64(1) << np.arange(len(RULES), dtype=np.int64))
     uniq, inverse = np.unique(code, return_inverse=True)  # few distinct combinations: word each once
     texts = np.array(["; ".join(w for j, w in enumerate(words) if int(c) >> j & 1) for c in uniq], dtype=object)
-    return nats, texts[inverse.reshape(-1)] if len(X) else np.empty(0, dtype=object)
+    return nats, texts[inverse.reshape(-1)] if len(hit) else np.empty(0, dtype=object)

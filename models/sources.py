@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["LABELLING_FUNCTIONS", "SCANNERS", "TRAINING_WINDOWS", "LabelledTable", "corpus_sources"]
+__all__ = ["LABELLING_FUNCTIONS", "SCANNERS", "TRAINING_WINDOWS", "LabelledTable", "corpus_sources",
+           "crawler_patterns"]
 
 SCANNERS = ("acunetix", "netsparker", "w3af")
 #: Window lengths (s) the training rows are computed at: the live window and a shorter one (more rows per scan).
@@ -121,6 +122,7 @@ def _fail2ban_lines(folder: Path) -> tuple[list[str], int]:
 
 
 def crawler_patterns(corpus: Path) -> re.Pattern[str]:
+    """One regex of every ``ua/crawler-user-agents.json`` pattern (the ``crawler_ua`` labelling function)."""
     entries = json.loads((corpus / "ua" / "crawler-user-agents.json").read_text(encoding="utf-8"))
     return re.compile("|".join(f"(?:{e['pattern']})" for e in entries))
 
@@ -195,7 +197,6 @@ def corpus_sources(corpus: str | Path, windows: Sequence[float] = TRAINING_WINDO
         parts.append(kept)
         say(f"window {window:g} s: sources built")
     table = pd.concat(parts, ignore_index=True)
-    table["window"] = table["window_seconds"].where(table["window_start"].notna(), np.nan)
     for name in ("scanner_log", "fail2ban_match", "iliou_human"):
         rows = int((table["lf"] == name).sum())
         coverage.insert(0, {"lf": name, "label": LABELLING_FUNCTIONS[name][0], "rows": rows,

@@ -5,6 +5,9 @@ Browsers fetch pages *and* their assets (css, js, images, fonts), follow links (
 vulnerability scanners and exploit bots ask for thousands of distinct paths that do not exist (404s), probe
 script and backup extensions, dot-files and admin roots, and send payloads (traversal, injection, remote include).
 
+Like every client feature, the counts cover the records that open a connection (:mod:`.vector`): in access logs
+every request; in captures, further keep-alive requests on one TCP connection are not counted.
+
 Every function here classifies *one* request field value; :mod:`.windows` calls each once per distinct value
 (cached), :mod:`.online` once per request. The window features built from them are declared in :mod:`.vector`.
 

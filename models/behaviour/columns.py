@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-BEHAVIOUR_SCHEMA_VERSION = "behaviour-features/1"
+#: Version of the behaviour feature definition; bundles record it together with the client-feature schema version
+#: (:data:`stormguard.features.clients.vector.FEATURE_SCHEMA_VERSION`) and are refused when either changed.
+#: 2: request-content model and rules (issue 12).
+BEHAVIOUR_SCHEMA_VERSION = "behaviour-features/2"
 
 PROFILES = ("steady subscriber", "flapping reconnector", "scraper", "burst")
 

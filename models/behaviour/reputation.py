@@ -141,18 +141,19 @@ class ReputationModel(BaseEstimator):
 
     def content_evidence(self, X: pd.DataFrame) -> dict[str, Any]:
         """The content model's probability and the named rules' nats and words for a feature table."""
+        from stormguard.models.content import content_matrix, rule_evidence
+
         out: dict[str, Any] = {}
+        signals = content_matrix(X)
         if getattr(self, "content_", None) is not None:
             with _one_thread():
-                p = self.content_.predict_proba(X)[:, 1]
+                p = self.content_.predict_proba_signals(signals)[:, 1]
             # no request target known (TLS-only captures, bare connections): the content model has nothing to say
             has = numeric_column(X, "n_path") > 0
             out["content_p"] = np.where(has, p, self.content_.base_rate_)
             out["content_base"] = self.content_.base_rate_
         if getattr(self, "rules", False):
-            from stormguard.models.content import rule_evidence
-
-            out["rules"], out["fired"] = rule_evidence(X)
+            out["rules"], out["fired"] = rule_evidence(signals)
         return out
 
     # -- scoring ---------------------------------------------------------------------------------------------------
@@ -244,13 +245,19 @@ def _join_reasons(first: Any, second: Any) -> np.ndarray:
     return texts[inverse.reshape(-1)]
 
 
+_CONTROLLER: Any = None
+
+
 def _one_thread() -> Any:
     """OpenMP in gradient boosting spins on every core; on a shared machine one thread is several times faster for
     these matrices (two threads measured slower than one under load), and the live scorer must not steal the event
     loop's core."""
-    from threadpoolctl import threadpool_limits
+    global _CONTROLLER
+    if _CONTROLLER is None:  # scanning the loaded libraries costs milliseconds: once per process
+        from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(1, user_api="openmp")
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="openmp")
 
 
 def _assemble(parts: list[tuple[Any, Any]], n: int) -> Any:
