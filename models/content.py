@@ -23,6 +23,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GroupKFold
 from sklearn.utils.validation import check_is_fitted
+from stormguard.models.behaviour.columns import numeric_column
 
 __all__ = ["SIGNALS", "ContentClassifier", "content_matrix", "explain_signals"]
 
@@ -75,16 +76,10 @@ INPUTS = tuple(n for n in SIGNALS if n not in EXPLAIN_ONLY)
 
 
 def _source_columns(X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every feature column the signals read, as float arrays, in one pandas conversion (absent columns: NaN)."""
+    """Every feature column the signals read, as float arrays (absent columns: NaN), each converted once."""
     needed = list(dict.fromkeys([c for num, den, *_ in SIGNALS.values() for c in (num, den)
                                  if c is not None and c != "n_path_capped"] + ["n_path"]))
-    present = [c for c in needed if c in X.columns]
-    block = X[present].to_numpy(dtype=np.float64, na_value=np.nan) if present and len(X) else np.empty((len(X), 0))
-    out = {c: block[:, i] for i, c in enumerate(present)}
-    for c in needed:
-        if c not in out:
-            out[c] = np.full(len(X), np.nan)
-    return out
+    return {c: numeric_column(X, c) for c in needed}  # column by column: no mixed-dtype (object) block
 
 
 def content_matrix(X: pd.DataFrame, names: tuple[str, ...] = tuple(SIGNALS)) -> np.ndarray:
@@ -232,6 +227,6 @@ def rule_evidence(X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]
     nats = np.minimum(hit @ np.array([r[1] for r in RULES.values()]), RULES_CAP)
     words = [r[2] for r in RULES.values()]
     code = hit.astype(np.int64) @ (np.int64(1) << np.arange(len(RULES), dtype=np.int64))
-    uniq, inverse = np.unique(code, return_inverse=True)  # few distinct combinations: word each once
+    inverse, uniq = pd.factorize(code)  # few distinct combinations: word each once (hashing, no sort)
     texts = np.array(["; ".join(w for j, w in enumerate(words) if int(c) >> j & 1) for c in uniq], dtype=object)
-    return nats, texts[inverse.reshape(-1)] if len(hit) else np.empty(0, dtype=object)
+    return nats, texts[inverse] if len(hit) else np.empty(0, dtype=object)

@@ -237,12 +237,15 @@ class ReputationModel(BaseEstimator):
 def _join_reasons(first: Any, second: Any) -> np.ndarray:
     """Row-wise ``first; second`` (either may be empty), each distinct pair joined once."""
     a_codes, a_vals = pd.factorize(np.asarray(first, dtype=object))
-    b_codes, b_vals = pd.factorize(np.asarray(second, dtype=object))
+    if isinstance(second, pd.Categorical):  # the usual case: codes already there
+        b_codes, b_vals = second.codes.astype(np.int64), np.asarray(second.categories, dtype=object)
+    else:
+        b_codes, b_vals = pd.factorize(np.asarray(second, dtype=object))
     pair = a_codes.astype(np.int64) * (len(b_vals) + 1) + b_codes
-    uniq, inverse = np.unique(pair, return_inverse=True)
+    inverse, uniq = pd.factorize(pair)
     texts = np.array(["; ".join(s for s in (str(a_vals[p // (len(b_vals) + 1)]), str(b_vals[p % (len(b_vals) + 1)]))
                                 if s) for p in uniq.tolist()], dtype=object)
-    return texts[inverse.reshape(-1)]
+    return texts[inverse]
 
 
 _CONTROLLER: Any = None
