@@ -23,7 +23,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GroupKFold
 from sklearn.utils.validation import check_is_fitted
-from stormguard.models.behaviour.columns import numeric_column
+from stormguard.models.frames import numeric_column
 
 __all__ = ["SIGNALS", "ContentClassifier", "content_matrix", "explain_signals"]
 

@@ -1,11 +1,8 @@
-"""Which feature-table columns the behaviour models read, how each is scaled, and the row helpers they share."""
+"""Which feature-table columns the behaviour models read, how each is scaled, and which population a row belongs to."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import numpy as np
-import pandas as pd
 
 #: Version of the behaviour feature definition; bundles record it together with the client-feature schema version
 #: (:data:`stormguard.features.clients.vector.FEATURE_SCHEMA_VERSION`) and are refused when either changed.
@@ -38,15 +35,3 @@ def source_family(kind: Any) -> str:
     if k in ("har", "live"):
         return k
     return "other"
-
-
-def numeric_column(frame: pd.DataFrame, col: str) -> np.ndarray:
-    if col not in frame.columns:
-        return np.full(len(frame), np.nan)
-    s = frame[col]
-    if s.dtype == np.float64:
-        return s.to_numpy(copy=False)
-    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        return s.to_numpy(dtype=np.float64, na_value=np.nan)  # Int64 & co: no per-value parsing
-    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-

@@ -14,9 +14,9 @@ from stormguard.models.behaviour.columns import (
     LOG_COLUMNS,
     SHARE_COLUMNS,
     UA_COLUMNS,
-    numeric_column,
 )
 from stormguard.models.encoding import FrequencyEncoder, KnownListEncoder
+from stormguard.models.frames import numeric_column
 
 
 class BehaviourFeatures(TransformerMixin, BaseEstimator):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from stormguard.models.behaviour.columns import numeric_column
+from stormguard.models.frames import numeric_column
 
 
 def name_profiles(traits: pd.DataFrame, overall: Mapping[str, float], informative: Mapping[str, bool]) -> list[str]:

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
-from stormguard.models.behaviour.columns import numeric_column
 from stormguard.models.behaviour.model import BehaviourModel
 from stormguard.models.behaviour.reasons import reason_strings
+from stormguard.models.frames import numeric_column
 from stormguard.models.mapping import ReputationMapping
 
 
