@@ -189,8 +189,9 @@ class ReputationMapping(BaseEstimator):
         if classifier_p is not None and classifier_base is not None:
             q = np.clip(np.asarray(classifier_p, dtype=np.float64), 1e-6, 1 - 1e-6)
             ev["classifier"] = np.clip(np.log(q / (1 - q)) - _logit(classifier_base), -cap, cap)
-            if content_p is not None:  # behaviour (rates, reconnects) beside content: capped like the anomaly
-                ev["classifier"] = np.minimum(ev["classifier"], anomaly_cap_with_content)
+            if content_p is not None:  # behaviour (rates, reconnects) beside content: capped both ways, so that it
+                # neither condemns nor clears a client whose requests speak (it learns from far fewer clients)
+                ev["classifier"] = np.clip(ev["classifier"], -self.ua_good_cap, anomaly_cap_with_content)
         if content_p is not None or rules is not None:
             if ua_p is not None and ua_base is not None and 0 < ua_base < 1:
                 q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
