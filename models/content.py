@@ -182,7 +182,7 @@ class ContentClassifier(ClassifierMixin, BaseEstimator):
 #: Named rules (evidence as data, like fail2ban filters): name -> (conditions, nats toward abusive, reason), where
 #: every condition ``(signal, op, threshold)`` must hold. A hit adds its nats to the client's log-odds; the rules
 #: generalise the scanner vocabulary beyond the few labelled sources the classifier learns from (each was checked
-#: to fire on no more than 0.6 % of the human windows of the corpus, see ``tests/test_content_transfer.py``).
+#: to fire on at most 1 % of the human windows of the corpus: ``tests/test_content_transfer.py``).
 #: Totals are capped at :data:`RULES_CAP` nats.
 RULES: dict[str, tuple[tuple[tuple[str, str, float], ...], float, str]] = {
     "payload": ((("share_attack", ">", 0.0),), 3.0, "payload marker in a request"),

@@ -99,3 +99,19 @@ def test_score_explain(tmp_path: Path) -> None:
     assert "payload marker" in scores.loc["10.0.0.9", "reasons"]
     assert scores.loc["10.0.0.9", "score"] < scores.loc["10.0.0.1", "score"]
     assert scores.loc["10.0.0.9", "tier"] in ("low", "blocked")
+
+
+@pytest.mark.corpus
+def test_rules_rarely_fire_on_humans(corpus: Path) -> None:
+    """Every named rule fires on at most 1 % of the human windows of the corpus (Iliou sessions, Apache browsers)
+    and some rule fires on most scanner windows: the rules are evidence, not noise."""
+    from stormguard.models.content import RULES, rule_hits
+    from stormguard.models.sources import corpus_sources
+
+    rows = corpus_sources(corpus, windows=(300.0,)).features
+    hits = rule_hits(rows)
+    human = (rows["label"] == 0).to_numpy()
+    scanner = rows["source"].isin(["acunetix", "netsparker", "w3af"]).to_numpy()
+    for j, name in enumerate(RULES):
+        assert hits[human, j].mean() <= 0.01, name
+    assert hits[scanner].any(axis=1).mean() >= 0.7
