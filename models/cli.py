@@ -335,6 +335,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = model.score_frame(features)
     dt = time.perf_counter() - t0
     _say(f"scored {len(scores):,} clients in {dt:.2f} s", started)
+    if args.explain:
+        from stormguard.models.content import explain_signals
+
+        scores["explain"] = explain_signals(features)
     if args.output:
         _write_table(scores, Path(args.output))
         print(f"scores: {len(scores):,} -> {args.output}")
@@ -352,7 +356,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"tiers: {_tier_counts(scores)}")
     worst = scores.sort_values("score").head(args.show)
     if len(worst):
-        _print_frame(worst[[c for c in ("key", "score", "tier", "profile", "p_value", "reasons") if c in worst]],
+        _print_frame(worst[[c for c in ("key", "score", "tier", "profile", "p_value", "reasons", "explain")
+                            if c in worst]],
                      args.show)
     return 0
 
@@ -367,6 +372,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model, bundle = _load_scorer(args, started)
+    if args.loso:
+        from stormguard.models.transfer_cli import evaluate_loso
+
+        return evaluate_loso(model, Path(args.loso), args.json, lambda m: _say(m, started))
+    if not args.data or not args.labels:
+        raise ValueError("evaluate needs DATA and --labels (or --loso CORPUS for the leave-one-source-out headline)")
     key, window = _data_key_window(args, bundle)
     features = _load_data(args, started, key, window)
     labels = read_labels(args.labels)
@@ -459,8 +470,10 @@ def register_behaviour(subparsers: Any) -> None:
                     "the block score and 0), tiers x labels, and a per-cluster summary; --plot writes an SVG.",
     )
     p.add_argument("model", metavar="MODEL.skops")
-    p.add_argument("data", nargs="+", metavar="DATA", help=inputs_help)
-    p.add_argument("--labels", action="append", required=True, metavar="FILE", help="labels (see 'train --help')")
+    p.add_argument("data", nargs="*", metavar="DATA", help=inputs_help)
+    p.add_argument("--labels", action="append", metavar="FILE", help="labels (see 'train --help')")
+    p.add_argument("--loso", metavar="CORPUS", help="the headline: leave-one-source-out over the labelled sources of "
+                                                    "the reference corpus (stormguard.models.sources)")
     p.add_argument("--threshold", type=float, action="append", metavar="SCORE",
                    help="score threshold to report (repeatable)")
     p.add_argument("--plot", metavar="FILE.svg", help="write score histograms (and ROC) as SVG")
@@ -480,5 +493,7 @@ def register_behaviour(subparsers: Any) -> None:
     p.add_argument("-o", "--output", metavar="SCORES", help="output table: .csv or .parquet")
     p.add_argument("--store", metavar="URL", help="reputation store URL (memory://, redis://...) to fill")
     p.add_argument("--show", type=int, default=10, help="lowest-scored clients to print (default 10)")
+    p.add_argument("--explain", action="store_true",
+                   help="add an 'explain' column: each client's top suspicious request-content signals with values")
     _data_args(p, defaults_from_bundle=True)
     p.set_defaults(func=cmd_score)

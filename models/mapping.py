@@ -160,15 +160,44 @@ class ReputationMapping(BaseEstimator):
 
     def combine(self, *, anomaly_p: np.ndarray, classifier_p: np.ndarray | None = None,
                 classifier_base: float | None = None, ua_p: np.ndarray | None = None,
-                ua_base: float | None = None, listed_bad: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Evidence per source (nats) and the resulting ``log_odds`` and ``score`` (dict of arrays)."""
+                ua_base: float | None = None, listed_bad: np.ndarray | None = None,
+                content_p: np.ndarray | None = None, content_base: float | None = None,
+                rules: np.ndarray | None = None, tier_knots: tuple[float, float] | None = None,
+                anomaly_cap_with_content: float = 1.0, content_cap: float = 1.0) -> dict[str, np.ndarray]:
+        """Evidence per source (nats) and the resulting ``log_odds`` and ``score`` (dict of arrays).
+
+        With the content model (``content_p``, its training base rate ``content_base``) and the named content
+        ``rules`` (nats), rarity alone counts for at most ``anomaly_cap_with_content`` nats, the classifier for at most
+        ``content_cap`` nats against a client (the named rules carry the strong evidence: leave-one-source-out showed
+        the classifier adds little once they speak, and it is the part most exposed to unseen sites), and the UA's evidence
+        *for* a client is dropped whenever content evidence points the other way: a browser UA never raises a client
+        whose requests look abusive. ``tier_knots`` ``(x_low, x_block)`` (chosen on held-out sources, see
+        :meth:`stormguard.models.behaviour.reputation.ReputationModel.set_tier_knots`) remap the log-odds so that
+        ``x_low`` lands on ``q_low`` and ``x_block`` on ``q_block``."""
         cap = self.max_evidence
         ev: dict[str, np.ndarray] = {"anomaly": np.minimum(sbb_evidence(anomaly_p), cap)}
         n = len(ev["anomaly"])
+        content_ev = np.zeros(n)
+        if content_p is not None and content_base is not None:
+            q = np.clip(np.asarray(content_p, dtype=np.float64), 1e-6, 1 - 1e-6)
+            ev["content"] = np.clip(np.log(q / (1 - q)) - _logit(content_base), -self.ua_good_cap, content_cap)
+            ev["anomaly"] = np.minimum(ev["anomaly"], anomaly_cap_with_content)
+            content_ev = content_ev + ev["content"]
+        if rules is not None:
+            ev["rules"] = np.asarray(rules, dtype=np.float64)
+            content_ev = content_ev + ev["rules"]
         if classifier_p is not None and classifier_base is not None:
             q = np.clip(np.asarray(classifier_p, dtype=np.float64), 1e-6, 1 - 1e-6)
             ev["classifier"] = np.clip(np.log(q / (1 - q)) - _logit(classifier_base), -cap, cap)
-        elif ua_p is not None and ua_base is not None and 0 < ua_base < 1:
+            if content_p is not None:  # behaviour (rates, reconnects) beside content: capped both ways, so that it
+                # neither condemns nor clears a client whose requests speak (it learns from far fewer clients)
+                ev["classifier"] = np.clip(ev["classifier"], -self.ua_good_cap, anomaly_cap_with_content)
+        if content_p is not None or rules is not None:
+            if ua_p is not None and ua_base is not None and 0 < ua_base < 1:
+                q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
+                ua = np.clip(np.log(q / (1 - q)) - _logit(ua_base), -self.ua_good_cap, cap)
+                ev["ua"] = np.where((content_ev > 0) & (ua < 0), 0.0, ua)
+        elif "classifier" not in ev and ua_p is not None and ua_base is not None and 0 < ua_base < 1:
             q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
             ev["ua"] = np.clip(np.log(q / (1 - q)) - _logit(ua_base), -self.ua_good_cap, cap)
         if listed_bad is not None:
@@ -176,12 +205,38 @@ class ReputationMapping(BaseEstimator):
         total = np.full(n, self.prior_logit_)
         for v in ev.values():
             total = total + v
+        if tier_knots is not None:
+            total = self.remap(total, *tier_knots)
         ev["log_odds"] = total
         ev["score"] = self.score(total)
         return ev
+
+    def remap(self, log_odds: np.ndarray, x_low: float, x_block: float) -> np.ndarray:
+        """Monotone, continuous remap of posterior log-odds: identity up to the prior (the neutral point and the
+        trusted side do not move), then linear so that ``x_low`` lands on logit(``q_low``) and ``x_block`` on
+        logit(``q_block``), shifted beyond. ``x_low`` is kept above the prior and ``x_block`` 0.5 nats above it."""
+        x0 = self.prior_logit_
+        y_low, y_block = _logit(self.q_low), _logit(self.q_block)
+        x_low = max(x_low, x0 + 0.5)
+        x_block = max(x_block, x_low + 0.5)
+        return np.interp(np.asarray(log_odds, dtype=np.float64), [x0 - 1e6, x0, x_low, x_block, x_block + 1e6],
+                         [x0 - 1e6, x0, y_low, y_block, y_block + 1e6])
 
     def tier(self, scores: np.ndarray) -> np.ndarray:
         return tier_names(scores, self.tiers, self.block_score)
 
     def tier_index(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return tier_index(scores, self.tiers, self.block_score)
+
+
+def evidence_floor_share(prior_bad: float = 0.02) -> float:
+    """The p-value below which the anomaly alone puts a client past ``q_low = 0.5`` (for docs and tests)."""
+    target = prior_bad / (1 - prior_bad)
+    lo, hi = 1e-12, 1 / math.e
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if -math.e * mid * math.log(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return lo

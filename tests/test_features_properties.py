@@ -22,7 +22,7 @@ from stormguard.features.clients.windows import client_features
 from stormguard.schema import records_frame
 
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
-UAS = [None, CHROME, "curl/8.4.0", "python-requests/2.31", "Mozilla/5.0 (compatible; Googlebot/2.1)", "-x-"]
+UAS = [None, CHROME, "() { :; }; /bin/bash -c id", "curl/8.4.0", "python-requests/2.31", "Mozilla/5.0 (compatible; Googlebot/2.1)", "-x-"]
 JA3S = [None, "e7d705a3286e19ea42f587b344ee6865", "6734f37431670b3ab4292b8f60f29984", "a"]
 JA4S = [None, "t13d1516h2_8daaf6152771_e5627efa2ab1", "t13d311100_aaaaaaaaaaaa_bbbbbbbbbbbb",
         "t13d1516h1_8daaf6152771_e5627efa2ab1", "garbage"]
@@ -32,7 +32,11 @@ HEADERS = [None, "", "Host", "Host,User-Agent,Accept", "host,user-agent,accept,c
 EXACT = ("window_start", "window_seconds", "first_ts", "last_ts", "conn_rate_per_min", "mean_interarrival",
          "min_interarrival", "ua_missing_share", "ua_browser_share", "tls_library_share", "ua_tls_mismatch_share",
          "error_share")
-CLOSE = ("header_entropy_mean",)
+CLOSE = ("header_entropy_mean", "interarrival_cv", "path_depth_mean", "query_length_mean", "query_entropy_mean")
+# request targets: assets, pages, probes, payloads (encoded too), long ones, robots.txt
+PATHS = [None, "/", "/index.html", "/css/site.css", "/img/a.png?v=3", "/wp-login.php", "/.git/config",
+         "/admin/", "/backup.sql.gz", "/cgi-bin/test.cgi?x=%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/robots.txt",
+         "/search?q=1%27%20union%20select%20null--", "/p?" + "a" * 250, "/index.php~", "/.well-known/x"]
 
 
 @st.composite
@@ -56,7 +60,11 @@ def records(draw: st.DrawFn, max_size: int = 40) -> list[dict[str, Any]]:
         "ja4": st.sampled_from(JA4S),
         "header_names": st.sampled_from(HEADERS),
         "header_entropy": st.one_of(st.none(), st.none(), st.floats(min_value=0, max_value=5, allow_nan=False)),
-        "status": st.sampled_from([None, 200, 204, 301, 404, 429, 500]),
+        "status": st.sampled_from([None, 200, 204, 301, 401, 403, 404, 429, 500, 101]),
+        "method": st.sampled_from([None, "GET", "POST", "HEAD", "OPTIONS", "CONNECT", "PROPFIND", "PUT"]),
+        "path": st.sampled_from(PATHS),
+        "http_version": st.sampled_from([None, "HTTP/1.1", "HTTP/1.0", "HTTP/2.0"]),
+        "referer": st.sampled_from([None, "https://example.org/", "https://example.org/a"]),
         "conn_row": st.sampled_from([None, None, 0, 0, 1, 2]),  # >0: a further row of a counted connection
     })
     rows = draw(st.lists(record, min_size=0, max_size=max_size))
@@ -122,7 +130,7 @@ def test_batch_equals_online_past_the_distinct_cap(rows: list[dict[str, Any]], w
                                                    data: st.DataObject) -> None:
     """With a tiny cap, the capped counts and the null modes must agree too."""
     order = data.draw(st.permutations(range(len(rows))))
-    with patch.object(fv, "DISTINCT_CAP", 2):
+    with patch.object(fv, "DISTINCT_CAP", 2), patch.object(fv, "PATH_DISTINCT_CAP", 3):
         check_equal(rows, order, "src_ip", window, as_frame=True)
 
 

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stormguard.features.clients import content as fc
 from stormguard.features.clients import vector as fv
 
 __all__ = ["OnlineClientFeatures", "ConnectionHandle"]
@@ -66,6 +67,8 @@ class _Window:
     n_mismatch: int = 0
     n_status: int = 0
     n_error: int = 0
+    content: dict[str, float] = field(default_factory=dict)
+    paths: set[str] = field(default_factory=set)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     overflow: set[str] = field(default_factory=set)
 
@@ -85,6 +88,9 @@ class _Window:
             starts.append(ts)
         else:
             starts.insert(i, ts)
+
+    def add(self, name: str, value: float = 1.0) -> None:
+        self.content[name] = self.content.get(name, 0) + value
 
     def count(self, name: str, value: str | None) -> None:
         if value is None:
@@ -177,6 +183,7 @@ class OnlineClientFeatures:
         status = fv.clean(event.get("status"))
         if status is not None:
             self._count_status(win, int(status))
+        self._count_content(win, event, None if ua is None else str(ua))
         return ConnectionHandle(key, ws, ts, status is not None)
 
     def close(self, handle: ConnectionHandle, ts_end: float, status: int | None = None) -> bool:
@@ -196,6 +203,41 @@ class OnlineClientFeatures:
     def _count_status(win: _Window, status: int) -> None:
         win.n_status += 1
         win.n_error += status >= fv.ERROR_STATUS
+        cls = fc.status_class(status)
+        if cls is not None:
+            win.add(f"status_{fc.STATUS_CLASSES[cls]}")
+
+    @staticmethod
+    def _count_content(win: _Window, event: Mapping[str, Any], ua: str | None) -> None:
+        """The request-content counts of :data:`vector.FEATURE_COLUMNS` (definitions in :mod:`.content`)."""
+        method = fv.clean(event.get("method"))
+        if method is not None:
+            win.add("n_method")
+            cls = fc.method_class(str(method))
+            if cls is not None:
+                win.add(f"method_{cls}")
+        version = fv.clean(event.get("http_version"))
+        if version is not None:
+            win.add("n_version")
+            win.add("http10", fc.is_http10(str(version)))
+        target = fv.clean(event.get("path"))
+        marker = ua is not None and fc.ua_attack_marker(ua)
+        if target is not None:
+            target = str(target)
+            values = dict(zip(fc.PATH_VALUES, fc.path_evidence(target), strict=True))
+            win.add("n_path")
+            for name, source in fv.PATH_MEANS.items():
+                win.add(name, values[source])
+            for name, source in fv.PATH_COUNTS.items():
+                win.add(name, values[source] > 0)
+            marker = marker or values["attack_marker"] > 0
+            if len(win.paths) < fv.PATH_DISTINCT_CAP:
+                win.paths.add(target)
+        win.add("attack_markers", marker)
+        referer = fv.clean(event.get("referer"))
+        if referer is None:
+            win.add("referer_absent")
+        win.count("referer", None if referer is None else str(referer))
 
     def _window(self, key: str, ws: float | None, *, create: bool) -> _Window | None:
         windows = self._keys.get(key)
@@ -271,6 +313,17 @@ class OnlineClientFeatures:
         out["tls_library_share"] = fv.share(win.n_ja4_library, win.n_ja4)
         out["ua_tls_mismatch_share"] = fv.share(win.n_mismatch, win.n_ua_and_ja4)
         out["error_share"] = fv.share(win.n_error, win.n_status)
+        out["interarrival_cv"] = fv.interarrival_cv(starts)
+        content = win.content
+        out["n_status"] = win.n_status
+        for col in ("n_method", "n_version", "http10", "n_path", "attack_markers", "referer_absent",
+                    *(f"status_{c}" for c in fc.STATUS_CLASSES), *(f"method_{c}" for c in fc.METHOD_CLASSES),
+                    *fv.PATH_COUNTS):
+            out[col] = int(content.get(col, 0))
+        n_path = out["n_path"]
+        for col in fv.PATH_MEANS:
+            out[col] = content.get(col, 0.0) / n_path if n_path else math.nan
+        out["distinct_paths"] = len(win.paths)
         return {col: out[col] for col in fv.FEATURE_COLUMNS}
 
     def expire(self, now: float) -> list[dict[str, Any]]:

@@ -27,10 +27,11 @@ No pandas here: the live server imports this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from stormguard.features.clients.content import LONG_URL_CHARS, METHOD_CLASSES, STATUS_CLASSES
 from stormguard.features.http.headers import (
     header_entropy,
     header_order_fingerprint,
@@ -40,10 +41,13 @@ from stormguard.features.http.headers import (
 )
 
 #: Bump when a feature's meaning, name or dtype changes (model bundles record it and refuse a mismatch).
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 
 #: Distinct-value counters stop counting here (see module docstring).
 DISTINCT_CAP = 32
+
+#: Distinct request targets are counted up to this many (a scanner asks for thousands; a page load for tens).
+PATH_DISTINCT_CAP = 1024
 
 #: Gap (seconds) between consecutive connection starts of one key that counts as a reconnect.
 RECONNECT_GAP_S = 10.0
@@ -99,7 +103,38 @@ FEATURE_COLUMNS: dict[str, str] = {
     "tls_library_share": "float64",
     "ua_tls_mismatch_share": "float64",
     "error_share": "float64",
+    # request content (features/clients/content.py): counts over the window's requests
+    "n_status": "int64",
+    **{f"status_{c}": "int64" for c in STATUS_CLASSES},
+    "n_method": "int64",
+    **{f"method_{c}": "int64" for c in METHOD_CLASSES},
+    "n_version": "int64",
+    "http10": "int64",
+    "n_path": "int64",
+    "distinct_paths": "int64",
+    "path_depth_mean": "float64",
+    "query_length_mean": "float64",
+    "query_entropy_mean": "float64",
+    "static_assets": "int64",
+    "script_ext_paths": "int64",
+    "backup_ext_paths": "int64",
+    "dotfile_paths": "int64",
+    "admin_paths": "int64",
+    "long_urls": "int64",
+    "robots_txt": "int64",
+    "attack_markers": "int64",
+    "referer_absent": "int64",
+    "distinct_referers": "int64",
+    "interarrival_cv": "float64",
 }
+
+#: Window mean column -> :data:`content.PATH_VALUES` name (sum over requests with a path / ``n_path``).
+PATH_MEANS: dict[str, str] = {"path_depth_mean": "path_depth", "query_length_mean": "query_length",
+                              "query_entropy_mean": "query_entropy"}
+#: Window count column -> :data:`content.PATH_VALUES` flag (requests whose target has it).
+PATH_COUNTS: dict[str, str] = {"static_assets": "static_asset", "script_ext_paths": "script_ext",
+                               "backup_ext_paths": "backup_ext", "dotfile_paths": "dotfile",
+                               "admin_paths": "admin_root", "long_urls": "long_url", "robots_txt": "robots_txt"}
 
 #: Feature name -> definition (the docs the CLI and notebooks show).
 FEATURE_DOCS: dict[str, str] = {
@@ -133,6 +168,32 @@ FEATURE_DOCS: dict[str, str] = {
     "ua_tls_mismatch_share": "share of connections having both UA and JA4 where the UA claims a browser and the "
                              "TLS looks like a library; NaN if none has both",
     "error_share": "share of connections with a known status whose status >= 400; NaN if no status known",
+    "n_status": "requests with a known status",
+    **{f"status_{c}": f"requests whose status is {c.replace('_', ' or ')} (content.status_class)"
+       for c in STATUS_CLASSES},
+    "n_method": "requests with a known method",
+    **{f"method_{c}": f"requests with method {c.upper()} (content.method_class; OTHER = not a well-known method)"
+       for c in METHOD_CLASSES},
+    "n_version": "requests with a known HTTP version",
+    "http10": "requests over HTTP/1.0 or 0.9",
+    "n_path": "requests with a known target (path and query)",
+    "distinct_paths": "distinct request targets, capped at PATH_DISTINCT_CAP",
+    "path_depth_mean": "mean number of path segments over requests with a target; NaN if none",
+    "query_length_mean": "mean query-string length (characters); NaN if no target",
+    "query_entropy_mean": "mean character entropy of the query string (bits/char); NaN if no target",
+    "static_assets": "requests for a static asset (css, js, image, font: content.STATIC_EXTENSIONS)",
+    "script_ext_paths": "requests for a server-side script extension (content.SCRIPT_EXTENSIONS)",
+    "backup_ext_paths": "requests for a backup/config/data/archive extension (content.BACKUP_EXTENSIONS)",
+    "dotfile_paths": "requests with a dot-file segment (.git, .env, ...; not .well-known)",
+    "admin_paths": "requests with an admin/CMS/management root segment (content.ADMIN_SEGMENTS)",
+    "long_urls": f"requests whose target is longer than {LONG_URL_CHARS} characters",
+    "robots_txt": "requests for /robots.txt",
+    "attack_markers": "requests with a payload marker (traversal, injection, shellshock, remote include...) in the "
+                      "decoded target or the User-Agent (content.ATTACK_MARKERS)",
+    "referer_absent": "requests without a Referer",
+    "distinct_referers": "distinct Referer values, capped at DISTINCT_CAP",
+    "interarrival_cv": "coefficient of variation (population std / mean) of the gaps between consecutive starts; "
+                       "NaN if n_conn < 3 or the mean gap is 0 (scripts are regular, people are not)",
 }
 
 #: (count column, mode column or None, record-derived value name) for the distinct/mode features.
@@ -141,12 +202,13 @@ CATEGORICAL_FEATURES: tuple[tuple[str, str | None, str], ...] = (
     ("distinct_uas", "ua_mode", "user_agent"),
     ("distinct_ja3", "ja3_mode", "ja3"),
     ("distinct_ja4", "ja4_mode", "ja4"),
+    ("distinct_referers", None, "referer"),
 )
 
 #: Record columns the feature code reads (others may be absent).
 INPUT_COLUMNS: tuple[str, ...] = (
     "conn_row", "ts", "ts_end", "src_ip", "user_agent", "ja3", "ja4", "status", "header_names", "header_entropy",
-    "header_order",
+    "header_order", "method", "path", "http_version", "referer",
 )
 
 
@@ -266,3 +328,15 @@ def rate_window_seconds(window: float | None, first_ts: float, last_ts: float) -
     if window is not None:
         return float(window)
     return max(last_ts - first_ts, MIN_SPAN_S)
+
+
+def interarrival_cv(starts: Sequence[float]) -> float:
+    """:data:`FEATURE_DOCS` ``interarrival_cv`` of sorted start times (two passes: mean gap, then squares)."""
+    n = len(starts)
+    if n < 3:
+        return math.nan
+    mean = (starts[-1] - starts[0]) / (n - 1)
+    if not mean > 0:
+        return math.nan
+    var = sum((starts[i + 1] - starts[i] - mean) ** 2 for i in range(n - 1)) / (n - 1)
+    return math.sqrt(var) / mean

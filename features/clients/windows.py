@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from stormguard.features.clients import content as fc
 from stormguard.features.clients import vector as fv
 
 __all__ = ["client_features", "build_features", "features_frame", "write_features", "read_features"]
@@ -215,7 +216,17 @@ def client_features(records: pd.DataFrame, key: str = "src_ip",
             "error_share": ratio(n_error, n_status),
         }
 
-    sources = {"header_order": header_order, "user_agent": ua, "ja3": ja3, "ja4": ja4}
+    # timing regularity: two passes (mean gap per group, then squared deviations), as vector.interarrival_cv
+    gap_ok = ~boundary
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_rep = mean_gap[group_id]
+        dev = np.where(gap_ok, (np.where(gap_ok, gaps, 0.0) - np.nan_to_num(mean_rep)) ** 2, 0.0)
+        var = np.add.reduceat(dev, starts) / np.maximum(n_conn - 1, 1)
+        out["interarrival_cv"] = np.where((n_conn >= 3) & (mean_gap > 0), np.sqrt(var) / mean_gap, np.nan)
+    out.update(_content_columns(records, perm, starts, group_id, n_groups, ua, status, has_status, seg_sum))
+
+    referer = _coded(_column(records, "referer"))
+    sources = {"header_order": header_order, "user_agent": ua, "ja3": ja3, "ja4": ja4, "referer": referer}
     for count_col, mode_col, source in fv.CATEGORICAL_FEATURES:
         coded = sources[source]
         distinct, mode_codes = _distinct_and_mode(coded.codes[perm], group_id, n_groups, len(coded.uniques))
@@ -225,9 +236,51 @@ def client_features(records: pd.DataFrame, key: str = "src_ip",
     return features_frame(out)
 
 
+def _content_columns(records: pd.DataFrame, perm: np.ndarray, starts: np.ndarray, group_id: np.ndarray,
+                     n_groups: int, ua: _Coded, status: np.ndarray, has_status: np.ndarray,
+                     seg_sum: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """The request-content counts and means of :data:`vector.FEATURE_COLUMNS` (each classifier of
+    :mod:`.content` called once per distinct value)."""
+    out: dict[str, Any] = {"n_status": seg_sum(has_status)}
+    st = np.where(has_status, status, 0).astype(np.int64)
+    lo, hi = (int(st.min()), int(st.max())) if len(st) else (0, 0)
+    table = np.array([-1 if (c := fc.status_class(v)) is None else c for v in range(lo, hi + 1)], dtype=np.int64)
+    cls = np.where(has_status, table[st - lo], -1)
+    for i, name in enumerate(fc.STATUS_CLASSES):
+        out[f"status_{name}"] = seg_sum(cls == i)
+    method = _coded(_column(records, "method"))
+    mcls = np.array([fc.method_class(u) or "" for u in method.uniques] + [""], dtype=object)[method.codes[perm]]
+    out["n_method"] = seg_sum(method.codes[perm] >= 0)
+    for name in fc.METHOD_CLASSES:
+        out[f"method_{name}"] = seg_sum(mcls == name)
+    version = _coded(_column(records, "http_version"))
+    out["n_version"] = seg_sum(version.codes[perm] >= 0)
+    out["http10"] = seg_sum(_flag(version, fc.is_http10)[perm])
+    path = _coded(_column(records, "path"))
+    pc = path.codes[perm]
+    has_path = pc >= 0
+    n_path = seg_sum(has_path)
+    out["n_path"] = n_path
+    values = np.array([fc.path_evidence(u) for u in path.uniques] + [(0.0,) * len(fc.PATH_VALUES)],
+                      dtype=np.float64).reshape(len(path.uniques) + 1, len(fc.PATH_VALUES))[pc]
+    col = {name: values[:, i] for i, name in enumerate(fc.PATH_VALUES)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name, source in fv.PATH_MEANS.items():
+            total = np.add.reduceat(col[source], starts)
+            out[name] = np.where(n_path > 0, total / np.maximum(n_path, 1), np.nan)
+    for name, source in fv.PATH_COUNTS.items():
+        out[name] = seg_sum(col[source] > 0)
+    out["attack_markers"] = seg_sum((col["attack_marker"] > 0) | _flag(ua, fc.ua_attack_marker)[perm])
+    out["distinct_paths"], _ = _distinct_and_mode(pc, group_id, n_groups, len(path.uniques), fv.PATH_DISTINCT_CAP)
+    referer = _coded(_column(records, "referer"))
+    out["referer_absent"] = seg_sum(referer.codes[perm] < 0)
+    return out
+
+
 def _distinct_and_mode(codes: np.ndarray, group_id: np.ndarray, n_groups: int,
-                       n_values: int) -> tuple[np.ndarray, np.ndarray]:
+                       n_values: int, cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Capped distinct count and mode code (ties → smallest code = smallest value; -1 = none) per group."""
+    cap = fv.DISTINCT_CAP if cap is None else cap
     distinct = np.zeros(n_groups, dtype=np.int64)
     mode = np.full(n_groups, -1, dtype=np.int64)
     present = codes >= 0
@@ -237,13 +290,13 @@ def _distinct_and_mode(codes: np.ndarray, group_id: np.ndarray, n_groups: int,
     unique_pairs, counts = np.unique(pairs, return_counts=True)
     pair_group, pair_value = unique_pairs // n_values, unique_pairs % n_values
     n_unique = np.bincount(pair_group, minlength=n_groups)
-    distinct[:] = np.minimum(n_unique, fv.DISTINCT_CAP)
+    distinct[:] = np.minimum(n_unique, cap)
     order = np.lexsort((pair_value, -counts, pair_group))
     first = np.ones(len(order), dtype=bool)
     first[1:] = pair_group[order][1:] != pair_group[order][:-1]
     best = order[first]
     mode[pair_group[best]] = pair_value[best]
-    mode[n_unique > fv.DISTINCT_CAP] = -1
+    mode[n_unique > cap] = -1
     return distinct, mode
 
 
