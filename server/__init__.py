@@ -25,6 +25,8 @@ _LAZY = {
     "LimiterMiddleware": "stormguard.server.layers.limiter",
     "QuotaMiddleware": "stormguard.server.layers.quota",
     "TenantMiddleware": "stormguard.server.layers.tenants",
+    "protect": "stormguard.server.mount",
+    "build_stack": "stormguard.server.app",
 }
 
 __all__ = ["ServerSettings", "create_app", *_LAZY]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
 import threading
@@ -255,11 +256,24 @@ class StormguardApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
-               quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
-               observers: Sequence[Observer] = (), history: HistoryBackend | AsyncHistoryBackend | None = None,
-               reputation: ReputationService | None = None, model: Any = None) -> StormguardApp:
-    """The stormguard app. See the module docstring for the seams."""
+@dataclasses.dataclass
+class Stack:
+    """The defence layers and what runs them, ready to wrap an app: :func:`create_app` wraps the hub with it,
+    :func:`stormguard.server.mount.protect` any Starlette or FastAPI app."""
+
+    rt: Runtime
+    middleware: list[Middleware]
+    lifespan: Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
+    fast_path: BlockedFastPath | None
+
+
+def build_stack(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
+                quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
+                observers: Sequence[Observer] = (), history: HistoryBackend | AsyncHistoryBackend | None = None,
+                reputation: ReputationService | None = None, model: Any = None,
+                sse_paths: tuple[str, ...] = SSE_PATHS) -> Stack:
+    """Identity → breaker → reputation gate → (tenants) → limiter → quota, their runtime and its lifespan.
+    ``sse_paths`` are the stream routes the quota layer counts (and refusals treat as EventSource)."""
     s = settings or ServerSettings()
     if reputation is not None:
         reputation_gate = reputation_gate or reputation.gate
@@ -337,10 +351,48 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     middleware += [
         Middleware(LimiterMiddleware, refuser=rt.refuser, ip_buckets=rt.ip_buckets, token_buckets=rt.token_buckets,
                    ip_soft_remaining=s.ip_soft_remaining, token_soft_remaining=s.token_soft_remaining,
-                   paths=tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded, on_warn=warned,
+                   paths=None if "*" in s.limited_paths else tuple(s.limited_paths), exempt_paths=exempt, on_degrade=degraded, on_warn=warned,
                    shared=rt.shared_limiter),
-        Middleware(QuotaMiddleware, quota=quota, refuser=rt.refuser, paths=SSE_PATHS),
+        Middleware(QuotaMiddleware, quota=quota, refuser=rt.refuser, paths=sse_paths),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await rt.startup()
+        if reputation is not None:
+            await reputation.start()
+        if scorer is not None:
+            scorer.start(rt)
+        await ops.start()
+        try:
+            yield
+        finally:
+            await ops.stop()
+            await rt.shutdown()
+            if scorer is not None:
+                await scorer.stop()
+            if reputation is not None:
+                await reputation.stop()
+
+    rt.fast_path = fast = build_fast_path(settings=s, gate=reputation_gate, refuser=rt.refuser, breaker=rt.breaker,
+                                          audit=rt.audit, exempt_paths=exempt, paths=gate_paths, sse_paths=sse_paths)
+    if fast is not None:
+        rt.client_state.add("fastpath_audit", lambda: len(fast._audited), fast.max_audit_keys)
+        if fast.trusted is not None:
+            rt.client_state.add("fastpath_peers", fast.trusted.cached, TrustedProxies.CACHE_SIZE)
+        rt.metrics.fast_refusals.set_function(lambda: fast.refusals)
+    return Stack(rt=rt, middleware=middleware, lifespan=lifespan, fast_path=fast)
+
+
+def create_app(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
+               quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
+               observers: Sequence[Observer] = (), history: HistoryBackend | AsyncHistoryBackend | None = None,
+               reputation: ReputationService | None = None, model: Any = None) -> StormguardApp:
+    """The stormguard app: the hub's routes behind :func:`build_stack`. See the module docstring for the seams."""
+    s = settings or ServerSettings()
+    stack = build_stack(s, reputation_gate=reputation_gate, quota=quota, tier_of=tier_of, observers=observers,
+                        history=history, reputation=reputation, model=model)
+    rt = stack.rt
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok" if not rt.hub.closing else "closing", "streams": len(rt.hub.streams),
@@ -361,35 +413,9 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     if s.enable_test_routes:
         routes += _test_routes(rt)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await rt.startup()
-        if reputation is not None:
-            await reputation.start()
-        if scorer is not None:
-            scorer.start(rt)
-        await ops.start()
-        try:
-            yield
-        finally:
-            await ops.stop()
-            await rt.shutdown()
-            if scorer is not None:
-                await scorer.stop()
-            if reputation is not None:
-                await reputation.stop()
-
-    app = StormguardApp(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = StormguardApp(routes=routes, middleware=stack.middleware, lifespan=stack.lifespan)
     app.state.stormguard = rt
-    app.fast_path = rt.fast_path = build_fast_path(settings=s, gate=reputation_gate, refuser=rt.refuser,
-                                                   breaker=rt.breaker, audit=rt.audit, exempt_paths=exempt,
-                                                   paths=gate_paths, sse_paths=SSE_PATHS)
-    if app.fast_path is not None:
-        fast = app.fast_path
-        rt.client_state.add("fastpath_audit", lambda: len(fast._audited), fast.max_audit_keys)
-        if fast.trusted is not None:
-            rt.client_state.add("fastpath_peers", fast.trusted.cached, TrustedProxies.CACHE_SIZE)
-        rt.metrics.fast_refusals.set_function(lambda: fast.refusals)
+    app.fast_path = stack.fast_path
     return app
 
 

@@ -286,7 +286,7 @@ class ServerConfig:
     limiter_max_entries: int = 1_000_000
     limiter_url: str = ""                 # redis://… → buckets shared by processes ("" = per process, in memory)
     limiter_prefix: str = "sg:lim"        # Redis key prefix (hash tag) of shared buckets; a URL ?prefix= wins
-    limited_paths: tuple[str, ...] = ("/events",)
+    limited_paths: tuple[str, ...] = ("/events",)   # "*": every path but exempt_paths
     # quota (tiers from [reputation]; default everyone is neutral)
     tiers: dict[str, TierLimits] = field(default_factory=default_server_tiers)
     default_tier: str = "neutral"

@@ -121,7 +121,7 @@ def storm_app() -> Any:
 
 @contextmanager
 def running_app(factory: str, settings: dict[str, Any], env: dict[str, str] | None = None,
-                timeout: float = 30.0) -> Iterator[ServerProcess]:
+                timeout: float = 120.0) -> Iterator[ServerProcess]:
     """Serve ``browser_app:<factory>`` under uvicorn (uvloop, httptools, no access log) on a free loopback port."""
     server = ServerProcess(settings)
     run_env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(server.settings), **(env or {})}

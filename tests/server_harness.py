@@ -46,7 +46,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0) -> ServerProcess:  # a deadline on a loaded machine, not a bound
         env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(self.settings)}
         env.pop("STORMGUARD_PUBLISH_TOKEN", None)
         cmd = [sys.executable, "-m", "stormguard.server.cli", "serve", "--host", "127.0.0.1", "--port",
@@ -281,7 +281,7 @@ def running_factory(factory: str, settings: dict[str, Any] | None = None) -> Ite
     """Like :func:`running_server`, but plain ``uvicorn --factory`` on a factory of this module."""
     server = ServerProcess(settings)
 
-    def start(timeout: float = 30.0) -> ServerProcess:
+    def start(timeout: float = 120.0) -> ServerProcess:
         env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(server.settings)}
         cmd = [sys.executable, "-m", "uvicorn", "--factory", f"server_harness:{factory}", "--app-dir",
                str(PROJECT_ROOT / "tests"), "--host", "127.0.0.1", "--port", str(server.port), "--loop", "uvloop",

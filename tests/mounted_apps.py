@@ -1,0 +1,110 @@
+"""Apps that are not stormguard's, with stormguard mounted by one call (``protect``), for tests/test_mount.py.
+
+Each is a real app with its own routes, its own lifespan and, for FastAPI, its own SSE route; the factories are
+served by plain ``uvicorn --factory`` (:func:`running_mounted`). Settings come from ``$STORMGUARD_SERVER_SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+from server_harness import PROJECT_ROOT, ServerProcess
+from stormguard.server import ServerSettings, protect
+
+
+def _stream_events(n: int = 1000) -> Any:
+    async def gen() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\nid: 0\n\n"
+        for i in range(1, n):
+            yield f"id: {i}\ndata: {json.dumps({'n': i})}\n\n".encode()
+            await asyncio.sleep(0.2)
+    return gen()
+
+
+def fastapi_app() -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    started: dict[str, bool] = {"own_lifespan": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started["own_lifespan"] = True
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, **started}
+
+    @app.get("/items/{item}")
+    async def item(item: int) -> dict[str, int]:
+        return {"item": item}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(_stream_events(), media_type="text/event-stream")
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        from fastapi.responses import Response
+
+        body, content_type = app.state.stormguard.metrics.render()
+        return Response(body, media_type=content_type)
+
+    protect(app, ServerSettings.from_env(), sse_paths=("/stream",))
+    return app
+
+
+def starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def healthz(request: Any) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello\n")
+
+    async def feed(request: Any) -> StreamingResponse:
+        return StreamingResponse(_stream_events(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/healthz", healthz), Route("/hello", hello), Route("/feed", feed)])
+    protect(app, ServerSettings.from_env(), sse_paths=("/feed",))
+    return app
+
+
+@contextlib.contextmanager
+def running_mounted(factory: str, settings: dict[str, Any] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(settings)
+    env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(server.settings), "STORMGUARD_STORE_URL": "memory://"}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", f"mounted_apps:{factory}", "--app-dir",
+           str(PROJECT_ROOT / "tests"), "--host", "127.0.0.1", "--port", str(server.port), "--loop", "uvloop",
+           "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    server.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=server.log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120.0
+    try:
+        while True:
+            if server.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"app did not start:\n{server.output()}")
+            try:
+                if httpx.get(server.url + "/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+        os.unlink(server.log.name)
