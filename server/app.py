@@ -243,8 +243,17 @@ class StormguardApp(Starlette):
     plus the blocked-client fast path (:mod:`fastpath`) ahead of Starlette's own middleware stack."""
 
     fast_path: BlockedFastPath | None = None
+    conn_log: Any = None          # server/ops/connlog.ConnLog when --conn-log is set
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.conn_log is not None and scope["type"] == "http":
+            from stormguard.server.ops.connlog import logged
+
+            await logged(self._serve, self.conn_log, scope, receive, send)
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
         fast = self.fast_path
         if fast is not None and scope["type"] == "http":
             refusal = fast.check(scope)          # a known-blocked address: answered before the Starlette stack
@@ -413,9 +422,29 @@ def create_app(settings: ServerSettings | None = None, *, reputation_gate: Reput
     if s.enable_test_routes:
         routes += _test_routes(rt)
 
-    app = StormguardApp(routes=routes, middleware=stack.middleware, lifespan=stack.lifespan)
+    conn_log = None
+    if s.conn_log:
+        from stormguard.server.ops.connlog import ConnLog
+
+        conn_log = ConnLog(s.conn_log, max_bytes=s.conn_log_max_bytes, backups=s.conn_log_backups)
+        rt.client_state.add("conn_log_queue", lambda: len(conn_log._queue), conn_log.max_queue,
+                            lambda: conn_log.dropped)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with stack.lifespan(app):
+            if conn_log is not None:
+                conn_log.start()
+            try:
+                yield
+            finally:
+                if conn_log is not None:
+                    await conn_log.stop()
+
+    app = StormguardApp(routes=routes, middleware=stack.middleware, lifespan=lifespan)
     app.state.stormguard = rt
     app.fast_path = stack.fast_path
+    app.conn_log = conn_log
     return app
 
 

@@ -87,6 +87,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, shadow=True)
     if args.audit_log:
         settings = dataclasses.replace(settings, audit_path=args.audit_log)
+    if args.conn_log:
+        if args.workers > 1:  # one writer per file: several workers would interleave and rotate under each other
+            print("stormguard serve: --conn-log needs --workers 1 (run one server per log file)", file=sys.stderr)
+            return 2
+        settings = dataclasses.replace(settings, conn_log=str(Path(args.conn_log).resolve()))
     token = os.environ.get("STORMGUARD_PUBLISH_TOKEN")
     if token:
         settings = dataclasses.replace(settings, publish_token=token)
@@ -182,6 +187,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                                                   "rediss://..., unix:///path (overrides [store] url)")
     p.add_argument("--shadow", action="store_true", help="dry run: decide, count and log refusals, but admit")
     p.add_argument("--audit-log", help="JSON-lines audit file ('-' for stderr)")
+    p.add_argument("--conn-log", metavar="FILE", help="one JSON line per connection (the record schema, readable by "
+                                                      "'stormguard replay'), rotated by size")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", metavar="PATH", help="behaviour model bundle that scores live clients in micro-batches "
                    "off the accept path (default: [server] model, i.e. data/default-model.skops of this checkout)")

@@ -287,6 +287,9 @@ class ServerConfig:
     limiter_url: str = ""                 # redis://… → buckets shared by processes ("" = per process, in memory)
     limiter_prefix: str = "sg:lim"        # Redis key prefix (hash tag) of shared buckets; a URL ?prefix= wins
     limited_paths: tuple[str, ...] = ("/events",)   # "*": every path but exempt_paths
+    conn_log: str = ""                   # serve --conn-log: one JSON line per request (server/ops/connlog.py)
+    conn_log_max_bytes: int = 100 << 20  # rotate the connection log past this size
+    conn_log_backups: int = 5            # rotated files kept (FILE.1 … FILE.N)
     # quota (tiers from [reputation]; default everyone is neutral)
     tiers: dict[str, TierLimits] = field(default_factory=default_server_tiers)
     default_tier: str = "neutral"

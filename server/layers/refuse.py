@@ -85,6 +85,7 @@ class Refuser:
                 self.on_refusal(ctx, layer, reason, f"shadow-{action}")
             return False
         ctx.refused = layer
+        ctx.extra["reject_reason"] = reason
         if self.metrics:
             self.metrics.reject(layer, reason)
         if self.audit:
