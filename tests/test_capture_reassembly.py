@@ -86,7 +86,8 @@ cut_lists = st.lists(st.integers(min_value=1, max_value=600), max_size=12)
 small = st.lists(st.integers(min_value=0, max_value=40), max_size=12)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True,  # deterministic in CI
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cuts=cut_lists, order=small, dups=st.lists(st.integers(0, 50), max_size=3), overlaps=small,
        junk=st.sampled_from([b"", b"JUNK!", b"\x00" * 7, b"\r\n"]))
 def test_hello_found_whatever_the_segmentation(hello: tuple, tmp_path: Path, cuts: list[int], order: list[int],
