@@ -195,3 +195,29 @@ def test_keep_alive_and_pipelined_requests_are_served_and_a_slow_second_head_tim
             tail += chunk
         assert b"HTTP/1.1 408" in tail and tail.endswith(b"head_timeout\n")     # after the second 200's body
     assert refused(server, "head_timeout") == before + 1
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(server):
+    """CRLFs between keep-alive requests are skipped by the parser without starting a message: they used to cancel
+    uvicorn's keep-alive timer and hold the connection for as long as the client kept sending them."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.setblocking(False)
+        answer: bytes | None = None          # the server speaks again only to refuse: a 408, or the close itself
+        deadline = time.monotonic() + 60
+        with selectors.DefaultSelector() as sel:
+            sel.register(s, selectors.EVENT_READ)
+            while answer is None and time.monotonic() < deadline:
+                try:
+                    s.send(b"\r\n")
+                except OSError:
+                    answer = b""
+                    break
+                if sel.select(0.1):
+                    try:
+                        answer = s.recv(65536)
+                    except OSError:
+                        answer = b""
+        assert answer is not None, "the connection was held open"
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408")

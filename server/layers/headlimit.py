@@ -121,6 +121,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- bytes --------------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        if self._in_head:
+            # any byte where a head is due starts its clock (also the CRLFs a parser skips between requests,
+            # which would otherwise cancel the keep-alive timer without starting a message)
+            self._arm_head_timer()
         limit = self._head_limits.max_bytes
         while data:
             if self._in_head:
