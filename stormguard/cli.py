@@ -208,6 +208,8 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                  "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0"),
     ("ua", "train"): ("stormguard ua train ../shared/corpus/ua/ua_dev.csv -o ua.skops --cv",),
     ("ua", "score"): ("stormguard ua score ua.skops uas.csv -o uas-scored.csv",),
+    ("demo",): ("stormguard demo", "stormguard demo --out-dir out/demo --duration 30 --scale 1 "
+                                   "--store redis://127.0.0.1:6379/0"),
     ("storm",): ("stormguard storm --target http://127.0.0.1:8000 --duration 30 --report out/storm.json "
                  "--labels out/labels.csv",
                  "stormguard storm --target http://127.0.0.1:8000 --profile my-mix.toml --scale 20 --processes 2"),
@@ -295,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     from stormguard.storm.cli import register as register_storm
 
     register_storm(sub)
+
+    from stormguard.storm.demo import register as register_demo
+
+    register_demo(sub)
     finish_parser(parser)
     return parser
 

@@ -197,3 +197,23 @@ def test_convergence_and_number_checks() -> None:
     assert converged_at(series) == 5.0
     assert converged_at([(t, float(t % 2)) for t in range(30)]) is None
     assert converged_at([(0, 1.0), (1, 1.0)]) is None
+
+
+def test_demo_closes_the_loop(tmp_path: Path) -> None:
+    """storm -> the server's own connection log -> replay -> train with the storm's labels -> evaluate -> serve the
+    new model -> storm again: every artefact is left behind and the second storm ran against the learned model."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "stormguard", "demo", "--out-dir", str(out), "--duration", "3",
+                           "--scale", "0.15", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name in ("labels.csv", "conn-before.jsonl", "conn-after.jsonl", "records.parquet", "model.skops",
+                 "evaluate.json", "storm-before.json", "storm-after.json", "before-after.txt"):
+        assert (out / name).exists(), name
+    assert "before / after learning" in proc.stdout and "--model" in (out / "demo.log").read_text() + proc.stdout
+    before = json.loads((out / "storm-before.json").read_text())
+    after = json.loads((out / "storm-after.json").read_text())
+    for report in (before, after):
+        assert report["summary"]["well_behaved"]["events_lost"] == 0
+    records = sum(1 for _ in (out / "conn-before.jsonl").open())
+    assert records >= sum(c["attempts"] for c in before["classes"].values()) * 0.9   # the log saw the storm
+    assert json.loads((out / "evaluate.json").read_text())["n_bad"] > 0
