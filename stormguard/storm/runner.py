@@ -106,9 +106,22 @@ def write_labels(profile: Profile, path: Path) -> int:
     return len(rows)
 
 
+def _rss_of(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_storm(target: str, profile: Profile, *, token: str | None = None, processes: int = 0,
-              metrics_url: str | None = None, progress: bool = True, out: Any = sys.stderr) -> dict[str, Any]:
-    """Drive ``profile`` against ``target`` (``http://HOST:PORT``) and return the report (see :mod:`.record`)."""
+              metrics_url: str | None = None, progress: bool = True, out: Any = sys.stderr,
+              server_pid: int | None = None) -> dict[str, Any]:
+    """Drive ``profile`` against ``target`` (``http://HOST:PORT``) and return the report (see :mod:`.record`).
+    ``server_pid``: a local server's process, whose RSS is read from ``/proc`` when its ``/metrics`` has none."""
     parts = urlsplit(target)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"--target must be http://HOST:PORT, got {target!r}")
@@ -135,6 +148,10 @@ def run_storm(target: str, profile: Profile, *, token: str | None = None, proces
         tick = time.monotonic()
         t = int(tick - start)
         sample = _scrape(metrics_url)
+        if "rss" not in sample and server_pid is not None:
+            rss = _rss_of(server_pid)
+            if rss is not None:
+                sample["rss"] = rss
         if sample:
             server[max(0, t)] = sample
         now = [sum(live[k * 4 + j] for k in range(procs)) for j in range(4)]
