@@ -215,3 +215,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """``stormguard proxy``: the layers in front of any HTTP service (server/proxy.py) under uvicorn."""
+    import uvicorn
+
+    try:
+        cfg, settings = load_config_and_settings(args.config, args.store)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"stormguard proxy: {exc}", file=sys.stderr)
+        return 2
+    parts = urlsplit(args.upstream)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        print(f"stormguard proxy: --upstream must be http://HOST:PORT, got {args.upstream!r}", file=sys.stderr)
+        return 2
+    from stormguard.server.layers.headlimit import GuardedHttpToolsProtocol
+
+    os.environ[ENV_VAR] = settings.to_json()
+    os.environ["STORMGUARD_PROXY"] = json.dumps({"upstream": args.upstream, "timeout": args.timeout,
+                                                 "sse_paths": args.sse_path or ["/events"],
+                                                 "store": cfg.store.url})
+    uvicorn.run("stormguard.server.proxy:proxy_app_from_env", factory=True, host=args.host, port=args.port,
+                loop="uvloop", http=GuardedHttpToolsProtocol, access_log=False, lifespan="on",
+                proxy_headers=False, forwarded_allow_ips="", log_level=args.log_level)
+    return 0
+
+
+def register_proxy(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "proxy", help="put every defence layer in front of any HTTP service (a reverse proxy)",
+        description="Forward every request to --upstream through identity, breaker, reputation gate, limiter and "
+                    "quota; stream SSE and chunked responses through unbuffered; set X-Forwarded-For/Forwarded; "
+                    "answer 502/504 with a clear body when the upstream is unreachable or slow. The proxy's own "
+                    "health and metrics are at /_stormguard/healthz and /_stormguard/metrics.")
+    p.add_argument("--upstream", required=True, metavar="URL", help="the service, http://HOST:PORT")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--sse-path", action="append", metavar="PATH",
+                   help="an upstream stream route the quota counts (repeatable; default /events)")
+    p.add_argument("--timeout", type=float, default=30.0, help="upstream connect/write timeout, s (default 30)")
+    p.add_argument("--config", help="TOML config (default $STORMGUARD_CONFIG)")
+    p.add_argument("--store", metavar="URL", help="reputation store (default memory://)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.set_defaults(func=cmd_proxy)
+    return p

@@ -208,6 +208,8 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                  "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0"),
     ("ua", "train"): ("stormguard ua train ../shared/corpus/ua/ua_dev.csv -o ua.skops --cv",),
     ("ua", "score"): ("stormguard ua score ua.skops uas.csv -o uas-scored.csv",),
+    ("proxy",): ("stormguard proxy --upstream http://127.0.0.1:9000 --port 8080",
+                  "stormguard proxy --upstream http://127.0.0.1:9000 --sse-path /stream --store redis://127.0.0.1:6379/0"),
     ("demo",): ("stormguard demo", "stormguard demo --out-dir out/demo --duration 30 --scale 1 "
                                    "--store redis://127.0.0.1:6379/0"),
     ("storm",): ("stormguard storm --target http://127.0.0.1:8000 --duration 30 --report out/storm.json "
@@ -283,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     from stormguard.server.cli import register as register_serve
+    from stormguard.server.cli import register_proxy
 
     register_serve(sub)
+    register_proxy(sub)
 
     from stormguard.scoring.cli import register as register_reputation
 

@@ -108,3 +108,52 @@ def running_mounted(factory: str, settings: dict[str, Any] | None = None) -> Ite
     finally:
         server.stop()
         os.unlink(server.log.name)
+
+
+def plain_upstream() -> Any:
+    """An unprotected upstream for ``stormguard proxy``: an SSE route, and an echo of the request headers."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def healthz(request: Any) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def echo(request: Any) -> JSONResponse:
+        return JSONResponse({"headers": [[k, v] for k, v in request.headers.items()], "path": request.url.path,
+                             "query": request.url.query, "body": (await request.body()).decode()})
+
+    async def stream(request: Any) -> StreamingResponse:
+        return StreamingResponse(_stream_events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/echo", echo, methods=["GET", "POST"]),
+                             Route("/stream", stream)])
+
+
+@contextlib.contextmanager
+def running_process(cmd: list[str], health_url: str, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """Any server process, until ``health_url`` answers (deadline 120 s); stopped with SIGTERM at the end."""
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile(prefix="stormguard-proc-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120.0
+    try:
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[:4]} did not start:\n{open(log.name).read()[-3000:]}")
+            try:
+                if httpx.get(health_url, timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.unlink(log.name)
