@@ -83,6 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if shared_store(cfg.store.url) and not settings.limiter_url:
         # and the per-address / per-token buckets too (local buckets only while Redis is unreachable)
         settings = dataclasses.replace(settings, limiter_url=cfg.store.url)
+    if shared_store(cfg.store.url) and not settings.quota_url:
+        # and the concurrent-stream counts, as leases a dead process gives back (server/layers/quota_shared.py)
+        settings = dataclasses.replace(settings, quota_url=cfg.store.url)
     if args.shadow:
         settings = dataclasses.replace(settings, shadow=True)
     if args.audit_log:

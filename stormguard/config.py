@@ -287,6 +287,9 @@ class ServerConfig:
     limiter_url: str = ""                 # redis://… → buckets shared by processes ("" = per process, in memory)
     limiter_prefix: str = "sg:lim"        # Redis key prefix (hash tag) of shared buckets; a URL ?prefix= wins
     limited_paths: tuple[str, ...] = ("/events",)   # "*": every path but exempt_paths
+    quota_url: str = ""                   # redis://… (…?cluster=1) → stream counts as leases shared by processes
+    quota_prefix: str = "sg:q"            # Redis key prefix of the leases; a URL ?prefix= wins (gets ":q")
+    quota_lease_seconds: float = 15.0     # a dead process's streams stop counting within this (renewed lease/3)
     # quota (tiers from [reputation]; default everyone is neutral)
     tiers: dict[str, TierLimits] = field(default_factory=default_server_tiers)
     default_tier: str = "neutral"
