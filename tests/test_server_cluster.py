@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 import uuid
 from contextlib import ExitStack
 
+import httpx
 from redis_server import RedisClusterNodes
-from server_harness import SSEClient, running_server
+from server_harness import TOKEN, ServerProcess, SSEClient, running_server
 from stormguard.server.layers.quota_shared import LeaseCounter
 
 LEASE = 2.0          # seconds: how long a dead process's streams keep counting
@@ -110,3 +112,64 @@ def test_leases_expire_unless_renewed_and_fall_back_when_redis_is_gone(redis_clu
             await dead.close()
 
     asyncio.run(run())
+
+
+class Publisher(threading.Thread):
+    """Publishes ``p<n>`` to one topic until stopped or ``limit``; records each status code."""
+
+    def __init__(self, srv: ServerProcess, topic: str, limit: int = 2000) -> None:
+        super().__init__(daemon=True)
+        self.srv, self.topic, self.limit = srv, topic, limit
+        self.statuses: list[int] = []
+        self.accepted: list[str] = []
+        self.refusals: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30.0) as client:
+            while not self.stop.is_set() and len(self.statuses) < self.limit:
+                data = f"p{len(self.statuses)}"
+                r = client.post(self.srv.url + "/publish", json={"topic": self.topic, "data": data},
+                                headers={"authorization": f"Bearer {TOKEN}"})
+                self.statuses.append(r.status_code)
+                if r.status_code != 200 and not self.refusals:
+                    self.refusals.append(f"{r.status_code} {dict(r.headers)} {r.text[:300]}")
+                if r.status_code == 200:
+                    self.accepted.append(data)
+
+    def wait(self, n: int, timeout: float = 60.0) -> None:
+        target = len(self.statuses) + n
+        deadline = time.monotonic() + timeout
+        while len(self.statuses) < target and self.is_alive():
+            assert time.monotonic() < deadline, "publisher stalled"
+            time.sleep(0.01)
+
+
+def test_serve_on_cluster_through_failover_and_migration(redis_cluster: RedisClusterNodes) -> None:
+    """``serve --store redis://…?cluster=1``: hub history (Streams), limiter and quota on the Cluster; a publisher
+    on one process and a subscriber on another keep going through a failover of the hub's master and a migration
+    of its slot: no 5xx, every accepted event delivered, in order."""
+    prefix = f"s{uuid.uuid4().hex[:6]}"
+    url = f"{redis_cluster.url}?cluster=1&prefix={prefix}&timeout=5"
+    settings = {"live_rules": False, "reputation": False, "heartbeat_interval": 1.0, "token_rate": 1e4,
+                "token_burst": 1e4}          # the publisher's bearer token is rate limited (shared, on the Cluster)
+    with running_server(settings, args=("--store", url)) as a, running_server(settings, args=("--store", url)) as b:
+        sub = SSEClient(b.port, "/events?topic=ev", source="127.0.0.41", timeout=30.0)
+        assert sub.status == 200 and sub.messages(1)
+        pub = Publisher(a, "ev")
+        pub.start()
+        try:
+            pub.wait(20)
+            slot = redis_cluster.slot("{" + prefix + ":hub}")
+            promoted = redis_cluster.failover(redis_cluster.owner(slot))
+            pub.wait(20)
+            dst = next(n["port"] for n in redis_cluster.nodes() if n["master"] and n["port"] != promoted)
+            redis_cluster.migrate_slot(slot, dst, between=lambda phase: pub.wait(10))
+            pub.wait(20)
+        finally:
+            pub.stop.set()
+            pub.join(60)
+        assert [s for s in pub.statuses if s != 200] == [], pub.refusals
+        got = sub.messages(len(pub.accepted), want=lambda m: bool(m.data), max_reads=20000)
+        assert [m.text for m in got] == pub.accepted
+        sub.close()
