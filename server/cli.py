@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1 and not shared_store(cfg.store.url):
         # The in-memory reputation, hub, limiter and quota are per process. With --store redis://… reputation,
-        # hub history, fan-out and the limiter's buckets are shared between workers; the quota stays per worker.
+        # hub history, fan-out, the limiter's buckets and the stream-count leases are shared between workers.
         print("stormguard serve: --workers > 1 needs a shared store (--store redis://…); "
               "run one worker per process/port behind a balancer otherwise", file=sys.stderr)
         return 2
