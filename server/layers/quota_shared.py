@@ -81,6 +81,17 @@ def redis_client_from_url(url: str, *, timeout: float, max_connections: int = 32
     return aioredis.Redis.from_url(bare, **kw)
 
 
+async def initialize_cluster_clients(*clients: Any) -> None:
+    """Build each Redis Cluster client's slot table now, before requests arrive: redis-py's async ``RedisCluster``
+    (8.1) fails commands with ``'NoneType' object has no attribute 'writelines'`` when concurrent first calls race
+    to initialize it (seen at 8 calls in flight, ``bench/cluster.py``). Plain clients and ``None`` are skipped; an
+    unreachable Cluster is left to initialize lazily (the callers have their outage paths)."""
+    for client in clients:
+        if type(client).__name__ == "RedisCluster":
+            with contextlib.suppress(Exception):
+                await client.initialize()
+
+
 class LeaseCounter:
     """Counted leases per key in Redis, renewed by this process's heartbeat; local counts while Redis is down."""
 
