@@ -15,7 +15,10 @@ from contextlib import ExitStack
 import httpx
 from redis_server import RedisClusterNodes
 from server_harness import TOKEN, ServerProcess, SSEClient, running_server
-from stormguard.server.layers.quota_shared import LeaseCounter
+from stormguard.server.context import ClientIdentity, RequestContext
+from stormguard.server.layers.quota_shared import LeaseCounter, SharedTenantQuota, SharedTieredQuota
+
+from stormguard.config import default_server_tiers
 
 LEASE = 2.0          # seconds: how long a dead process's streams keep counting
 
@@ -173,3 +176,43 @@ def test_serve_on_cluster_through_failover_and_migration(redis_cluster: RedisClu
         got = sub.messages(len(pub.accepted), want=lambda m: bool(m.data), max_reads=20000)
         assert [m.text for m in got] == pub.accepted
         sub.close()
+
+
+def test_tenant_pools_and_tiers_are_shared_by_two_processes(redis_cluster: RedisClusterNodes) -> None:
+    """Two processes' quotas (two lease counters) on one Cluster: the tier's per-client limit and the tenant's pool
+    count every process's streams; a refused tenant stream gives its client lease back."""
+    def ctx(ip: str, tenant: str | None) -> RequestContext:
+        c = RequestContext(ClientIdentity(ip=ip))
+        if tenant is not None:
+            c.extra["tenant"] = tenant
+        return c
+
+    async def run() -> None:
+        url = f"{redis_cluster.url}?cluster=1&prefix=p{uuid.uuid4().hex[:6]}&timeout=5"
+        counters = [LeaseCounter.from_url(url, lease=30.0) for _ in range(2)]
+        quotas = [SharedTenantQuota(SharedTieredQuota(default_server_tiers(), lc), lc, default_pool=4,
+                                    pools={"small": 1}) for lc in counters]
+        try:
+            held = []
+            for i in range(4):                         # pool of 4 for tenant "acme", over two processes
+                c = ctx(f"10.5.0.{i}", "acme")
+                assert await quotas[i % 2].acquire(c)
+                held.append((quotas[i % 2], c))
+            refused = ctx("10.5.0.9", "acme")
+            assert not await quotas[1].acquire(refused) and refused.extra["quota_reason"] == "tenant_quota"
+            assert "quota_lease" not in refused.extra    # its client lease was given back
+            a, b = ctx("10.5.1.1", "small"), ctx("10.5.1.1", "small")
+            assert await quotas[0].acquire(a) and not await quotas[1].acquire(b)
+            for q, c in held[:1]:
+                await q.release(c)
+            assert await quotas[1].acquire(refused)    # a released slot is free for the other process
+            same = [ctx("10.5.2.2", None) for _ in range(4)]     # tenant-less: the neutral tier's 3 per client
+            assert [await quotas[i % 2].acquire(c) for i, c in enumerate(same)] == [True, True, True, False]
+            client_key = counters[0].key("c", "10.5.1.1")
+            assert await counters[0].client.zcard(client_key) == 1
+            assert counters[0].down is False and counters[1].down is False
+        finally:
+            for lc in counters:
+                await lc.close()
+
+    asyncio.run(run())
