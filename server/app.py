@@ -122,7 +122,7 @@ class Runtime:
         self.redis_pools = PoolCollector()     # every Redis pool of this process: sizes, waits, timeouts
         m.registry.register(self.redis_pools)
         if self.shared_limiter is not None:
-            self.redis_pools.add("limiter", self.shared_limiter.client.connection_pool)
+            self.redis_pools.add("limiter", getattr(self.shared_limiter.client, "connection_pool", None))  # none on a Cluster
         self.redis_pools.add("history", getattr(getattr(history, "client", None), "connection_pool", None))
         m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
         m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))

@@ -211,6 +211,14 @@ class RedisClusterNodes:
         self.wait_stable()
         return replica
 
+    def _setslot(self, port: int, slot: int, state: str, node_id: str, timeout: float = 15.0) -> None:
+        """``CLUSTER SETSLOT`` retried while the node still takes in a just-finished failover's config epoch."""
+        deadline = time.monotonic() + timeout
+        while (reply := self.cmd(port, "cluster", "setslot", str(slot), state, node_id)) != "OK":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CLUSTER SETSLOT {slot} {state} on {port}: {reply}")
+            time.sleep(0.05)
+
     def migrate_slot(self, slot: int, dst: int, between: Callable[[str], None] = lambda phase: None) -> int:
         """Move ``slot`` to master ``dst`` key by key as ``redis-cli --cluster reshard`` does, calling
         ``between(phase)`` while the slot is migrating (phase ``"migrating"``: keys still at the source, new keys
@@ -218,8 +226,8 @@ class RedisClusterNodes:
         Returns the source port."""
         src = self.owner(slot)
         ids = {n["port"]: n["id"] for n in self.nodes()}
-        assert self.cmd(dst, "cluster", "setslot", str(slot), "importing", ids[src]) == "OK"
-        assert self.cmd(src, "cluster", "setslot", str(slot), "migrating", ids[dst]) == "OK"
+        self._setslot(dst, slot, "importing", ids[src])
+        self._setslot(src, slot, "migrating", ids[dst])
         between("migrating")
         import redis
 
