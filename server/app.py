@@ -122,7 +122,7 @@ class Runtime:
         self.redis_pools = PoolCollector()     # every Redis pool of this process: sizes, waits, timeouts
         m.registry.register(self.redis_pools)
         if self.shared_limiter is not None:
-            self.redis_pools.add("limiter", self.shared_limiter.client.connection_pool)
+            self.redis_pools.add("limiter", getattr(self.shared_limiter.client, "connection_pool", None))  # none on a Cluster
         self.redis_pools.add("history", getattr(getattr(history, "client", None), "connection_pool", None))
         m.limiter_entries.labels("ip").set_function(lambda: len(self.ip_buckets))
         m.limiter_entries.labels("token").set_function(lambda: len(self.token_buckets))
@@ -276,6 +276,32 @@ class Stack:
     fast_path: BlockedFastPath | None
 
 
+def _quota_leases(s: ServerSettings, rt: Runtime) -> Any:
+    """The shared stream-count leases when ``quota_url`` names a Redis (server/layers/quota_shared.py)."""
+    if not s.quota_url:
+        return None
+    from prometheus_client import Counter
+    from stormguard.server.layers.quota_shared import LeaseCounter
+
+    m = rt.metrics
+    fallbacks = Counter("stormguard_quota_fallbacks", "Streams counted by this process alone because the shared "
+                        "(Redis) quota leases were unavailable", ["kind"], registry=m.registry)
+    return LeaseCounter.from_url(s.quota_url, prefix=s.quota_prefix, lease=s.quota_lease_seconds,
+                                 on_fallback=lambda kind: m.child(fallbacks, "tenant" if kind == "t" else "client").inc())
+
+
+async def _initialize_cluster_clients(rt: Runtime, leases: Any, reputation: Any) -> None:
+    """Redis Cluster clients of the shared state initialized before the first request (see
+    :func:`~stormguard.server.layers.quota_shared.initialize_cluster_clients`)."""
+    from stormguard.server.layers.quota_shared import initialize_cluster_clients
+
+    history = rt.hub.history
+    store = getattr(getattr(reputation, "store", None), "primary", getattr(reputation, "store", None))
+    await initialize_cluster_clients(getattr(rt.shared_limiter, "client", None), getattr(leases, "client", None),
+                                     getattr(history, "client", None), getattr(history, "reader", None),
+                                     getattr(store, "client", None))
+
+
 def build_stack(settings: ServerSettings | None = None, *, reputation_gate: ReputationGate | None = None,
                 quota: StreamQuota | None = None, tier_of: Callable[[RequestContext], str] | None = None,
                 observers: Sequence[Observer] = (), history: HistoryBackend | AsyncHistoryBackend | None = None,
@@ -303,12 +329,19 @@ def build_stack(settings: ServerSettings | None = None, *, reputation_gate: Repu
     from stormguard.server.ops.operate import Operations
 
     rt.ops = ops = Operations(rt, s, reputation=reputation)
+    leases = _quota_leases(s, rt) if quota is None else None
     if quota is None:
         def default_tier_of(ctx: RequestContext) -> str:
             return ctx.tier if ctx.tier in s.tiers else s.default_tier
 
-        quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
-                                  tier_of=lambda ctx: ops.tier_of(ctx, tier_of or default_tier_of))
+        if leases is not None:   # stream counts as leases shared by every process on the store (issue 18)
+            from stormguard.server.layers.quota_shared import SharedTieredQuota
+
+            quota = SharedTieredQuota(s.tiers, leases, default_tier=s.default_tier,
+                                      tier_of=lambda ctx: ops.tier_of(ctx, tier_of or default_tier_of))
+        else:
+            quota = TieredStreamQuota(s.tiers, default_tier=s.default_tier,
+                                      tier_of=lambda ctx: ops.tier_of(ctx, tier_of or default_tier_of))
     open_by_client = getattr(quota, "open", None)
     if isinstance(open_by_client, dict):     # one entry per client with open streams: bounded by the streams
         rt.client_state.add("quota_open", lambda: len(open_by_client), lambda: len(rt.hub.streams))
@@ -318,7 +351,12 @@ def build_stack(settings: ServerSettings | None = None, *, reputation_gate: Repu
 
         verifier = JwtVerifier(secret=s.jwt_secret, public_key=s.jwt_public_key, audience=s.jwt_audience,
                                issuer=s.jwt_issuer, leeway=s.jwt_leeway, tenant_claim=s.tenant_claim)
-        quota = TenantStreamQuota(quota, default_pool=s.tenant_streams, pools=s.tenant_pools)
+        if leases is not None:
+            from stormguard.server.layers.quota_shared import SharedTenantQuota
+
+            quota = SharedTenantQuota(quota, leases, default_pool=s.tenant_streams, pools=s.tenant_pools)
+        else:
+            quota = TenantStreamQuota(quota, default_pool=s.tenant_streams, pools=s.tenant_pools)
         ops.jwt_keys = verifier.keys        # admin JWTs (role claim) are checked with the same keys
     ops.table.bind_quota(quota)          # the quota layer reads the live (dynamic) quota table
 
@@ -368,6 +406,9 @@ def build_stack(settings: ServerSettings | None = None, *, reputation_gate: Repu
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         await rt.startup()
+        await _initialize_cluster_clients(rt, leases, reputation)
+        if leases is not None:
+            leases.start()
         if reputation is not None:
             await reputation.start()
         if scorer is not None:
@@ -378,6 +419,8 @@ def build_stack(settings: ServerSettings | None = None, *, reputation_gate: Repu
         finally:
             await ops.stop()
             await rt.shutdown()
+            if leases is not None:
+                await leases.close()
             if scorer is not None:
                 await scorer.stop()
             if reputation is not None:

@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1 and not shared_store(cfg.store.url):
         # The in-memory reputation, hub, limiter and quota are per process. With --store redis://… reputation,
-        # hub history, fan-out and the limiter's buckets are shared between workers; the quota stays per worker.
+        # hub history, fan-out, the limiter's buckets and the stream-count leases are shared between workers.
         print("stormguard serve: --workers > 1 needs a shared store (--store redis://…); "
               "run one worker per process/port behind a balancer otherwise", file=sys.stderr)
         return 2
@@ -83,6 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if shared_store(cfg.store.url) and not settings.limiter_url:
         # and the per-address / per-token buckets too (local buckets only while Redis is unreachable)
         settings = dataclasses.replace(settings, limiter_url=cfg.store.url)
+    if shared_store(cfg.store.url) and not settings.quota_url:
+        # and the concurrent-stream counts, as leases a dead process gives back (server/layers/quota_shared.py)
+        settings = dataclasses.replace(settings, quota_url=cfg.store.url)
     if args.shadow:
         settings = dataclasses.replace(settings, shadow=True)
     if args.audit_log:

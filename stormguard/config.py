@@ -290,6 +290,9 @@ class ServerConfig:
     conn_log: str = ""                   # serve --conn-log: one JSON line per request (server/ops/connlog.py)
     conn_log_max_bytes: int = 100 << 20  # rotate the connection log past this size
     conn_log_backups: int = 5            # rotated files kept (FILE.1 … FILE.N)
+    quota_url: str = ""                   # redis://… (…?cluster=1) → stream counts as leases shared by processes
+    quota_prefix: str = "sg:q"            # Redis key prefix of the leases; a URL ?prefix= wins (gets ":q")
+    quota_lease_seconds: float = 15.0     # a dead process's streams stop counting within this (renewed lease/3)
     # quota (tiers from [reputation]; default everyone is neutral)
     tiers: dict[str, TierLimits] = field(default_factory=default_server_tiers)
     default_tier: str = "neutral"

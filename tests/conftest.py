@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from redis_server import redis_cluster_fixture  # noqa: F401 - one Redis Cluster per session (issue 18)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

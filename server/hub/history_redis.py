@@ -9,6 +9,11 @@ Layout (``prefix`` defaults to ``sg:hub``; hash tags keep a topic's keys in one 
   Check, append, trim and remember run in one Lua script: one round trip per publish, no double append.
 * ``{prefix}:wake:<token>`` — this process's wake-up stream (see :meth:`RedisHistory.wake`).
 
+On a Redis Cluster (``?cluster=1``) every hub key carries the one hash tag ``{<prefix>}`` instead —
+``{prefix}:t:<topic>``, ``{prefix}:t:<topic>:pub:<id>``, ``{prefix}:wake:<token>`` — because a process's one
+blocking ``XREAD`` covers all its topics and its wake stream, and a multi-key command must stay in one slot. The hub
+therefore lives on one master (its replica takes over on failover); several hubs = several prefixes.
+
 Event ids: the stream id ``<ms>-<n>`` becomes the integer ``ms * 1_000_000 + n`` (``n`` < 10^6: more than a
 million events in one millisecond on one topic is out of reach of HTTP publishing), so every process derives the
 same SSE id for the same event and the hub's id format is unchanged: ``a:1732712345678000001,b:…@<epoch>``. The
@@ -86,7 +91,11 @@ class RedisHistory:
     is_async = True
 
     def __init__(self, client: Any, reader: Any, *, prefix: str = "sg:hub", max_events: int = 1000,
-                 max_age: float = 300.0, block_ms: int = 5000, clock: Callable[[], float] = time.time) -> None:
+                 max_age: float = 300.0, block_ms: int = 5000, clock: Callable[[], float] = time.time,
+                 cluster: bool = False) -> None:
+        if cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError("hub prefix must not contain braces on a Redis Cluster (it is the hash tag)")
+        self.cluster = cluster          # one hash tag {prefix} for every hub key: XREAD spans one slot
         self.client = client            # short commands (publish, replay): short socket timeout
         self.reader = reader            # the one blocking XREAD of this process: its own connection
         self.prefix = prefix
@@ -95,7 +104,7 @@ class RedisHistory:
         self.block_ms = block_ms
         self.clock = clock
         self.epoch = "rs" + hashlib.blake2s(prefix.encode(), digest_size=3).hexdigest()
-        self.wake_key = f"{prefix}:wake:{secrets.token_hex(6)}"
+        self.wake_key = f"{self._root}:wake:{secrets.token_hex(6)}"
         self._wake_cursor = "0-0"
         self._script = client.register_script(_PUBLISH)
         self.up = True
@@ -106,7 +115,8 @@ class RedisHistory:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "sg:hub", max_events: int = 1000, max_age: float = 300.0,
-                 block_ms: int = 5000, timeout: float = 2.0, max_connections: int = 32) -> RedisHistory:
+                 block_ms: int = 5000, timeout: float = 2.0, max_connections: int = 32,
+                 cluster: bool = False) -> RedisHistory:
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -114,6 +124,15 @@ class RedisHistory:
         # one immediate retry: a pooled connection broken by a Redis restart fails once, then reconnects
         common: dict[str, Any] = {"socket_connect_timeout": min(timeout, 1.0), "retry": Retry(NoBackoff(), 1),
                                   "health_check_interval": 0}
+        if cluster:     # ?cluster=1: every hub key under one hash tag, see the module docstring
+            from redis.asyncio.cluster import RedisCluster
+
+            common.pop("health_check_interval")
+            client = RedisCluster.from_url(url, socket_timeout=timeout, max_connections=max_connections, **common)
+            reader = RedisCluster.from_url(url, socket_timeout=block_ms / 1000 + timeout, max_connections=2,
+                                           **common)
+            return cls(client, reader, prefix=prefix, max_events=max_events, max_age=max_age, block_ms=block_ms,
+                       cluster=True)
         from stormguard.scoring.stores.pool import QueueingPool
 
         # publishes and replays share a bounded pool that queues a burst (default redis-py: one socket per caller)
@@ -126,10 +145,18 @@ class RedisHistory:
         return cls(client, reader, prefix=prefix, max_events=max_events, max_age=max_age, block_ms=block_ms)
 
     # -- keys and entries ---------------------------------------------------------------------------------------
+    @property
+    def _root(self) -> str:
+        return "{" + self.prefix + "}" if self.cluster else self.prefix
+
     def key(self, topic: str) -> str:
+        if self.cluster:
+            return f"{{{self.prefix}}}:t:{topic}"
         return f"{self.prefix}:{{{topic}}}"
 
     def _topic_of(self, key: str) -> str:
+        if self.cluster:
+            return key[len(self.prefix) + 5:]
         return key[len(self.prefix) + 2:-1]
 
     @staticmethod
@@ -293,6 +320,7 @@ def history_from_url(url: str | None, *, max_events: int = 1000, max_age: float 
         if "prefix" in own:
             prefix = f"{own['prefix']}:hub"
         timeout = max(timeout, float(own.get("timeout", timeout)))
+        cluster = str(own.get("cluster", "0")).lower() in ("1", "true", "yes", "on")
         return RedisHistory.from_url(url, prefix=prefix, max_events=max_events, max_age=max_age,
-                                     block_ms=block_ms, timeout=timeout)
+                                     block_ms=block_ms, timeout=timeout, cluster=cluster)
     raise ValueError(f"history URL {url!r}: expected memory://, redis://, rediss:// or unix://")

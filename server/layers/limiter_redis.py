@@ -93,6 +93,11 @@ class RedisGcra:
             prefix = own["prefix"] + ":lim"
         timeout = own.get("timeout", kw.pop("timeout", 0.05))
         retry = own.get("retry_seconds", kw.pop("retry_seconds", 1.0))
+        if str(own.get("cluster", "0")).lower() in ("1", "true", "yes", "on"):    # ?cluster=1: a Redis Cluster
+            from stormguard.server.layers.quota_shared import redis_client_from_url
+
+            client = redis_client_from_url(url, timeout=timeout)
+            return cls(client, ip_local, token_local, prefix=prefix, timeout=timeout, retry_seconds=retry, **kw)
         from stormguard.scoring.stores.pool import QueueingPool
 
         # bounded and queueing: a burst waits for a connection (bounded by the decision's own timeout) instead of

@@ -8,6 +8,7 @@ Counts live in a dict that holds only clients with open streams, so it is bounde
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -79,11 +80,11 @@ class QuotaMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
-        if not self.quota.acquire(ctx):
+        if not await _settled(self.quota.acquire(ctx)):
             reason = ctx.extra.pop("quota_reason", "quota")     # a pool may say which quota (tenant_quota)
             if await self.refuser.refuse(scope, send, layer="quota", reason=reason):
                 return
-            self.quota.acquire(ctx, force=True)
+            await _settled(self.quota.acquire(ctx, force=True))
         headers = [(self.rating_header, ctx.tier.encode())]
         if ctx.degraded:       # past a soft threshold: admitted, warned, and handed a longer retry:
             headers.append((b"x-stormguard-warning", ctx.extra.get("warning", "rate").encode()))
@@ -96,4 +97,9 @@ class QuotaMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.quota.release(ctx)
+            await _settled(self.quota.release(ctx))
+
+
+async def _settled(value: Any) -> Any:
+    """A quota's answer: shared quotas (:mod:`.quota_shared`) answer with a coroutine, local ones directly."""
+    return await value if inspect.isawaitable(value) else value
