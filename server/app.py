@@ -378,9 +378,20 @@ def build_stack(settings: ServerSettings | None = None, *, reputation_gate: Repu
         Middleware(BreakerMiddleware, breaker=rt.breaker, refuser=rt.refuser, exempt_paths=exempt),
     ]
     gate_paths = tuple(s.reputation_paths) if reputation is not None else None
+    if s.challenge and reputation is not None:
+        gate_paths = None  # the challenge needs every page load's tier: the gate reads the store on every path
     if reputation_gate is not None:
         middleware.append(Middleware(ReputationGateMiddleware, gate=reputation_gate, refuser=rt.refuser,
                                      exempt_paths=exempt, paths=gate_paths))
+    if s.challenge:
+        from stormguard.server.layers.challenge import ChallengeMiddleware, Challenger
+
+        tier_order = tuple(reversed([t for t in s.tiers if t != "blocked"]))   # low … trusted
+        challenger = Challenger(s.challenge_secret or None, difficulty=s.challenge_difficulty, ttl=s.challenge_ttl,
+                                tiers=tier_order)
+        middleware.append(Middleware(ChallengeMiddleware, challenger=challenger, exempt_paths=exempt,
+                                     on_outcome=lambda outcome: rt.metrics.child(rt.metrics.challenges,
+                                                                                 outcome).inc()))
     if verifier is not None:
         from stormguard.server.layers.tenants import TenantMiddleware
 

@@ -65,8 +65,9 @@ def proxy_app(upstream: str, settings: ServerSettings | None = None, *, timeout:
     async def forward(request: Request) -> Response:
         client = state["client"]
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         req = client.build_request(request.method, url, headers=_request_headers(request, parts.netloc),
-                                   content=request.stream())
+                                   content=request.stream() if has_body else None)
         try:
             resp = await client.send(req, stream=True)
         except httpx.TimeoutException:

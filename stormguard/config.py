@@ -287,6 +287,10 @@ class ServerConfig:
     limiter_url: str = ""                 # redis://… → buckets shared by processes ("" = per process, in memory)
     limiter_prefix: str = "sg:lim"        # Redis key prefix (hash tag) of shared buckets; a URL ?prefix= wins
     limited_paths: tuple[str, ...] = ("/events",)   # "*": every path but exempt_paths
+    challenge: bool = False              # proof-of-work page for low-tier browsers; a pass lifts one tier
+    challenge_secret: str = ""           # HMAC key of challenges and pass cookies ("" = random per process)
+    challenge_difficulty: int = 16       # leading zero bits of SHA-256 the browser must find (~65k hashes)
+    challenge_ttl: float = 3600.0        # seconds a pass cookie lifts its client
     conn_log: str = ""                   # serve --conn-log: one JSON line per request (server/ops/connlog.py)
     conn_log_max_bytes: int = 100 << 20  # rotate the connection log past this size
     conn_log_backups: int = 5            # rotated files kept (FILE.1 … FILE.N)

@@ -83,6 +83,8 @@ class Metrics:
         self.breaker_transitions = Counter("stormguard_breaker_transitions", "Breaker state changes", ["to"],
                                            registry=r)
         self.evictions = Counter("stormguard_evictions", "Streams closed by the server", ["reason"], registry=r)
+        self.challenges = Counter("stormguard_challenges", "Proof-of-work challenge outcomes (issued, passed, "
+                                  "failed, lifted, cookie_invalid)", ["outcome"], registry=r)
         self.loop_lag = Gauge("stormguard_event_loop_lag_seconds", "Last measured event-loop lag", registry=r)
         self.loop_lag_max = Gauge("stormguard_event_loop_lag_max_seconds", "Largest lag since start", registry=r)
         self.malformed = Counter("stormguard_malformed_headers", "Ignored malformed header values", ["header"],
