@@ -9,6 +9,7 @@ identity the server built) from a known client port, and headless Chromium loads
 from __future__ import annotations
 
 import datetime
+import errno
 import html
 import http.client
 import json
@@ -164,8 +165,15 @@ def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
     try:
         server.start()
         for client in (_python_client, _curl_client):
-            cport = free_port()
-            seen[cport] = client(server.port, cport)
+            for attempt in range(5):  # a free port can be taken by another process before the client binds it
+                cport = free_port()
+                try:
+                    seen[cport] = client(server.port, cport)
+                    break
+                except (subprocess.CalledProcessError, OSError) as exc:
+                    in_use = getattr(exc, "returncode", None) == 45 or getattr(exc, "errno", None) == errno.EADDRINUSE
+                    if not in_use or attempt == 4:
+                        raise
         browser = _chromium_client(server.port)
         # the capture lags the sockets: wait (bounded) until the handshakes are in the file before stopping it
         deadline = time.monotonic() + 20

@@ -9,7 +9,8 @@ Definitions (the report's keys):
 * well-behaved (``eventsource``) clients check the publisher's sequence numbers: *lost* are numbers published
   but never received, *duplicated* are numbers received more than once.
 * a series has *converged* at the first second after which it stays within 5% of its final value (the mean of
-  its last three buckets) for the rest of the run, at least 10 s; ``None`` when it never does.
+  its last three buckets) for the rest of the run, at least 10 s; ``None`` when it never does. The well-behaved
+  success rate carries its last value over seconds without attempts (clients holding their streams).
 """
 
 from __future__ import annotations
@@ -174,6 +175,9 @@ def build_report(rec: Recorder, profile: Any, *, target: str, duration: float, s
         att = sum(cls[c]["attempts"] for c in wb if c in cls)
         if att:
             success_series.append((t, sum(cls[c]["successes"] for c in wb if c in cls) / att))
+        elif success_series and t <= duration:
+            # well-behaved clients hold their streams: a second without attempts keeps the last rate
+            success_series.append((t, success_series[-1][1]))
         if row.get("rss"):
             rss_series.append((t, row["rss"]))
     conv = {"reconnect_delay": converged_at(delay_series), "success_rate": converged_at(success_series),
