@@ -330,6 +330,8 @@ def build_stack(settings: ServerSettings | None = None, *, reputation_gate: Repu
 
     rt.ops = ops = Operations(rt, s, reputation=reputation)
     leases = _quota_leases(s, rt) if quota is None else None
+    if leases is not None:
+        rt.redis_pools.add("quota", getattr(leases.client, "connection_pool", None))  # none on a Cluster
     if quota is None:
         def default_tier_of(ctx: RequestContext) -> str:
             return ctx.tier if ctx.tier in s.tiers else s.default_tier

@@ -190,6 +190,12 @@ class RedisClusterNodes:
             return all(v == views[0] for v in views) and len(views[0]) == len(self.ports) // (1 + self.replicas)
         self._wait("not stable", ok, timeout)
 
+    def masters(self) -> list[int]:
+        """Ports of the masters that serve slots, each confirmed by the node itself (``role:master``): a view
+        may still list a node demoted by an earlier failover as a master for a moment."""
+        return [n["port"] for n in self.nodes() if n["master"] and n["slots"] and not n["fail"]
+                and "role:master" in self.cmd(n["port"], "info", "replication")]
+
     def owner(self, slot: int) -> int:
         """Port of the master serving ``slot``."""
         for n in self.nodes():

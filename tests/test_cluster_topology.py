@@ -62,7 +62,7 @@ def test_store_keeps_every_write_through_failover_and_migration(redis_cluster: R
             promoted = redis_cluster.failover(master)           # the replica takes over mid-run
             assert redis_cluster.owner(slot) == promoted
             writer.wait_ops(300)
-            dst = next(n["port"] for n in redis_cluster.nodes() if n["master"] and n["port"] != promoted)
+            dst = next(port for port in redis_cluster.masters() if port != promoted)
 
             def during(phase: str) -> None:                     # writes while ASK / after MOVED
                 writer.wait_ops(200)

@@ -166,7 +166,7 @@ def test_serve_on_cluster_through_failover_and_migration(redis_cluster: RedisClu
             slot = redis_cluster.slot("{" + prefix + ":hub}")
             promoted = redis_cluster.failover(redis_cluster.owner(slot))
             pub.wait(20)
-            dst = next(n["port"] for n in redis_cluster.nodes() if n["master"] and n["port"] != promoted)
+            dst = next(port for port in redis_cluster.masters() if port != promoted)
             redis_cluster.migrate_slot(slot, dst, between=lambda phase: pub.wait(10))
             pub.wait(20)
         finally:

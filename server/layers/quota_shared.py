@@ -77,8 +77,13 @@ def redis_client_from_url(url: str, *, timeout: float, max_connections: int = 32
 
         return RedisCluster.from_url(bare, **kw)
     import redis.asyncio as aioredis
+    from stormguard.scoring.stores.pool import QueueingPool
 
-    return aioredis.Redis.from_url(bare, **kw)
+    # a bounded pool whose callers queue (up to the timeout) instead of failing with MaxConnectionsError
+    pool = QueueingPool.from_url(bare, decode_responses=True, max_connections=kw["max_connections"],
+                                 timeout=max(timeout, 0.5), socket_connect_timeout=kw["socket_connect_timeout"],
+                                 socket_timeout=kw["socket_timeout"])
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def initialize_cluster_clients(*clients: Any) -> None:
