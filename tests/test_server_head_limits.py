@@ -45,6 +45,25 @@ def exchange(port: int, data: bytes) -> bytes:
         return out
 
 
+def read_one_response(s: socket.socket) -> bytes:
+    """Read one whole 200 response with a Content-Length body: head and body may arrive in separate segments."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before the end of the head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before the end of the body: {body!r}"
+        body += chunk
+    assert len(body) == length, "more than one response arrived"
+    return body
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -202,7 +221,7 @@ def test_blank_lines_between_requests_do_not_hold_a_connection(server):
     uvicorn's keep-alive timer and hold the connection for as long as the client kept sending them."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        read_one_response(s)
         s.setblocking(False)
         answer: bytes | None = None          # the server speaks again only to refuse: a 408, or the close itself
         deadline = time.monotonic() + 60
