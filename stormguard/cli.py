@@ -212,6 +212,18 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                   "stormguard proxy --upstream http://127.0.0.1:9000 --sse-path /stream --store redis://127.0.0.1:6379/0"),
     ("demo",): ("stormguard demo", "stormguard demo --out-dir out/demo --duration 30 --scale 1 "
                                    "--store redis://127.0.0.1:6379/0"),
+    ("export", "nftables"): ("stormguard export nftables --store redis://127.0.0.1:6379/0 -o blocked.nft",
+                             "stormguard export nftables --apply --watch --interval 2 --store redis://127.0.0.1:6379/0",
+                             "stormguard export nftables --apply --dry-run --nft-command 'sudo nft'"),
+    ("export", "blocklist"): ("stormguard export blocklist --format nginx-geo -o /etc/nginx/stormguard.geo "
+                              "--store redis://127.0.0.1:6379/0",
+                              "stormguard export blocklist --format haproxy-map -o stormguard.map --watch"),
+    ("crowdsec", "pull"): ("STORMGUARD_CROWDSEC_BOUNCER_KEY=... stormguard crowdsec pull --lapi-url "
+                           "http://127.0.0.1:8080 --store redis://127.0.0.1:6379/0",
+                           "stormguard crowdsec pull --once --config stormguard.toml"),
+    ("crowdsec", "push"): ("stormguard crowdsec push --once --config stormguard.toml",
+                           "stormguard crowdsec push --duration 3600 --store redis://127.0.0.1:6379/0"),
+    ("doctor",): ("stormguard doctor", "stormguard doctor --config stormguard.toml --store redis://127.0.0.1:6379/0"),
     ("storm",): ("stormguard storm --target http://127.0.0.1:8000 --duration 30 --report out/storm.json "
                  "--labels out/labels.csv",
                  "stormguard storm --target http://127.0.0.1:8000 --profile my-mix.toml --scale 20 --processes 2"),
@@ -305,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     from stormguard.storm.demo import register as register_demo
 
     register_demo(sub)
+
+    from stormguard.scoring.enforce.cli import register as register_enforce
+
+    register_enforce(sub)
     finish_parser(parser)
     return parser
 

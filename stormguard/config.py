@@ -1,7 +1,7 @@
 """stormguard configuration: one TOML file plus ``STORMGUARD_<SECTION>_<KEY>`` environment variables.
 
 Every part of the project owns one section (``[reputation]``, ``[store]``, ``[geoip]``, ``[threshold]``,
-``[server]``), declared here as a dataclass whose defaults are the seed values of DESIGN.md, so that running
+``[server]``, ``[crowdsec]``), declared here as a dataclass whose defaults are the seed values of DESIGN.md, so that running
 without any file gives the documented behaviour. Precedence, lowest first: dataclass defaults, the TOML file, the
 environment. Loading is generic (driven by type hints) so a new section is one dataclass and one field on
 :class:`Config`, not new parsing code.
@@ -374,6 +374,33 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class CrowdsecConfig:
+    """``[crowdsec]``: the CrowdSec Local API in both directions (``stormguard.scoring.enforce``).
+
+    Import (stormguard as a bouncer) runs when ``lapi_url`` and a bouncer key are set; export (stormguard as a
+    source) when machine credentials are set. Secrets come from the environment
+    (``STORMGUARD_CROWDSEC_BOUNCER_KEY``, ``STORMGUARD_CROWDSEC_MACHINE_PASSWORD``) or files, not the TOML.
+    """
+
+    lapi_url: str = ""                    # http://127.0.0.1:8080
+    bouncer_key: str = ""                 # from `cscli bouncers add NAME` (one key per server process)
+    bouncer_key_file: str = ""
+    credentials_file: str = ""            # from `cscli machines add NAME --auto -f FILE` (url, login, password)
+    machine_id: str = ""
+    machine_password: str = ""
+    import_decisions: bool = True
+    export_blocks: bool = True
+    pull_interval: float = 10.0
+    scan_interval: float = 2.0            # how often stormguard's blocks are listed for export
+    push_interval: float = 5.0            # at most one alerts call per interval
+    push_batch: int = 100                 # alerts per call
+    queue_path: str = "stormguard-crowdsec-queue.sqlite"
+    queue_max: int = 100_000
+    timeout: float = 5.0
+    max_backoff: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one attribute per section."""
 
@@ -382,6 +409,7 @@ class Config:
     geoip: GeoipConfig = field(default_factory=GeoipConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    crowdsec: CrowdsecConfig = field(default_factory=CrowdsecConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -212,3 +212,26 @@ def test_load_equals_set_in_all_stores(all_stores: list[SyncStore], request: pyt
     finally:
         sharded.clear()
         sharded.close()
+
+
+def test_blocks_lists_running_blocks_soonest_first(store: SyncStore) -> None:
+    """The block index every exporter reads: blocks set by ``block`` and by an ``add`` that crosses the block
+    score; lifted, expired and deleted blocks are gone; the entries carry their reasons."""
+    a, b, c, d = key(), key(), key(), key()
+    store.block(a, 2000.0, "operator", now=1000.0)
+    store.block(b, 1500.0, "crowdsec:ssh-bf", now=1000.0)
+    store.add(c, -60, "reconnect_storm", now=1000.0, block_score=-50, block_seconds=300)
+    store.add(d, -10, "flap", now=1000.0, block_score=-50, block_seconds=300)       # not blocked
+    got = store.blocks(now=1001.0)
+    assert [r.key for r in got] == [c, b, a]
+    assert [r.block_until for r in got] == [1300.0, 1500.0, 2000.0]
+    assert got[1].reasons[-1] == "crowdsec:ssh-bf"
+    assert [r.key for r in store.blocks(now=1001.0, limit=2)] == [c, b]
+    store.unblock(a, "operator lifted", now=1002.0)
+    store.delete(b)
+    assert [r.key for r in store.blocks(now=1003.0)] == [c]
+    assert store.blocks(now=1300.0) == []                   # ran out
+    store.block(c, 5000.0, "again", now=1400.0)
+    assert [r.key for r in store.blocks(now=1401.0)] == [c]
+    store.set(c, 10.0, "model", now=1402.0)                 # a score write keeps the block
+    assert [r.block_until for r in store.blocks(now=1403.0)] == [5000.0]

@@ -75,6 +75,13 @@ class ReputationStore(abc.ABC):
         """Bulk-replace scores (a trained model's output); returns how many were written."""
 
     @abc.abstractmethod
+    async def blocks(self, now: float | None = None, limit: int = 1_000_000) -> list[Reputation]:
+        """Entries whose block runs past ``now`` (``block_until > now``), soonest-ending first, at most ``limit``.
+
+        Backed by an index of blocks kept with every write, so exporters (nftables, blocklists, CrowdSec) list
+        the blocked clients without scanning every key."""
+
+    @abc.abstractmethod
     async def count(self) -> int:
         """How many keys are stored (Redis: may include keys whose TTL has just run out)."""
 

@@ -158,6 +158,10 @@ class FailoverStore(ReputationStore):
         return await self._call(lambda: self.primary.top(n, worst, now), lambda: self.fallback.top(n, worst, now),
                                 None if not self.timeout else max(self.timeout, 5.0))
 
+    async def blocks(self, now: float | None = None, limit: int = 1_000_000) -> list[Reputation]:
+        return await self._call(lambda: self.primary.blocks(now, limit), lambda: self.fallback.blocks(now, limit),
+                                None if not self.timeout else max(self.timeout, 5.0))
+
     async def load_scores(self, scores: Iterable[tuple[str, float]], now: float | None = None,
                           reason: str = "model") -> int:
         """Not wrapped: a batch job must learn that its load did not reach Redis."""

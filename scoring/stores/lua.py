@@ -6,7 +6,9 @@ line by line; numbers travel as ``%.17g`` strings so no precision is lost betwee
 Key layout per hash tag ``{tag}`` (one slot in Redis Cluster, so every key a script touches is in one slot):
 ``{tag}:k:<client>`` hash (s score, t time of s, b last bad, u block until, r reasons joined by \\x1f),
 ``{tag}:z`` sorted set of rank (see ``rank``), ``{tag}:x`` sorted set of expected expiry, used to drop members of
-``:z`` whose hash has expired (a few per write, so the set stays bounded without a sweeper).
+``:z`` whose hash has expired (a few per write, so the set stays bounded without a sweeper), ``{tag}:b`` sorted
+set of block-until for members whose last write left them blocked (the exporters' index: a hash lives at least as
+long as its block, so an entry past its score is dropped by whoever lists the blocks).
 
 A batch load does not give each key an entry in ``:x`` (that insert was a quarter of its cost): per script call it
 pushes the call's members to one list ``{tag}:x<token>`` and adds ``<token>`` = ``\\x1e<id>@<now>`` to ``:x``, due
@@ -117,6 +119,8 @@ local function apply(h, z, x, member, now, op, val, reason, lam, bscore, bsec, m
   redis.call('EXPIRE', h, l)
   redis.call('ZADD', z, rank(s, t, lam), member)
   redis.call('ZADD', x, t + l, member)
+  local b = string.sub(z, 1, -2) .. 'b'   -- {tag}:b, the block index (same hash tag, same slot)
+  if u > t then redis.call('ZADD', b, u, member) else redis.call('ZREM', b, member) end
   return {fmt(s), fmt(t), fmt(lastbad), fmt(u), reasons}
 end
 """
@@ -196,6 +200,7 @@ DELETE = r"""
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', string.sub(KEYS[2], 1, -2) .. 'b', ARGV[1])
 return n
 """
 

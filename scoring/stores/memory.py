@@ -55,6 +55,7 @@ class MemoryStore(ReputationStore):
         self._packer = struct.Struct(f"<4d{self.max_reasons}B")
         self._data: OrderedDict[str, bytes] = OrderedDict()
         self._reasons = _ReasonTable()
+        self._blocked: dict[str, float] = {}     # key -> block_until, for keys whose last write set a block
         self.evictions = 0
 
     # -- packing ---------------------------------------------------------------------------------------------
@@ -75,8 +76,13 @@ class MemoryStore(ReputationStore):
         data = self._data
         data[rep.key] = self._pack(rep)
         data.move_to_end(rep.key)
+        if rep.block_until > rep.updated:
+            self._blocked[rep.key] = rep.block_until
+        elif self._blocked:
+            self._blocked.pop(rep.key, None)
         while len(data) > self.max_keys:
-            data.popitem(last=False)
+            gone, _ = data.popitem(last=False)
+            self._blocked.pop(gone, None)
             self.evictions += 1
 
     # -- API ---------------------------------------------------------------------------------------------------
@@ -120,7 +126,16 @@ class MemoryStore(ReputationStore):
         self._store(rep)
 
     async def delete(self, key: str) -> bool:
+        self._blocked.pop(key, None)
         return self._data.pop(key, None) is not None
+
+    async def blocks(self, now: float | None = None, limit: int = 1_000_000) -> list[Reputation]:
+        now = self.now() if now is None else now
+        for key in [k for k, until in self._blocked.items() if until <= now]:
+            del self._blocked[key]
+        keys = sorted(self._blocked, key=self._blocked.__getitem__)[:max(0, limit)]
+        lam = self.options.lam
+        return [self._unpack(k, self._data[k]).at(now, lam) for k in keys]
 
     async def top(self, n: int = 10, worst: bool = True, now: float | None = None) -> list[Reputation]:
         now = self.now() if now is None else now
@@ -147,6 +162,7 @@ class MemoryStore(ReputationStore):
 
     async def clear(self) -> None:
         self._data.clear()
+        self._blocked.clear()
 
     def metrics(self) -> dict[str, float]:
         return {"keys": float(len(self._data)), "max_keys": float(self.max_keys),

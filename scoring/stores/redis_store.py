@@ -200,6 +200,25 @@ class RedisStore(ReputationStore):
             await loader.abandon()
         return total
 
+    async def blocks(self, now: float | None = None, limit: int = 1_000_000) -> list[Reputation]:
+        now = self.now() if now is None else now
+        found: list[Reputation] = []
+        for tag in self._tags():
+            b = f"{tag}:b"
+            await self.client.zremrangebyscore(b, "-inf", _fmt(now))
+            members = await self.client.zrangebyscore(b, f"({_fmt(now)}", "+inf", start=0, num=max(0, limit))
+            if not members:
+                continue
+            async with self.client.pipeline(transaction=False) as pipe:
+                for m in members:
+                    pipe.hmget(f"{tag}:k:{m}", "s", "t", "b", "u", "r")
+                rows = await pipe.execute()
+            found += [rep for rep in (self._parse(m, raw).at(now, self.options.lam)
+                                      for m, raw in zip(members, rows, strict=True) if raw[0] is not None)
+                      if rep.block_until > now]
+        found.sort(key=lambda r: r.block_until)
+        return found[:limit]
+
     async def count(self) -> int:
         total = 0
         for tag in self._tags():

@@ -39,8 +39,12 @@ class ReputationGateAdapter:
 
     def __init__(self, engine: Any, *, recheck: float = 1.0, max_blocks: int = 100_000,
                  clock: Callable[[], float] = time.time,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None, ranges: Any = None) -> None:
         self.engine = engine
+        # address ranges imported from CrowdSec (scoring.enforce.ranges.RangeTable): bans refuse, captchas cap
+        # the tier at the lowest one (where the challenge lets a browser prove itself)
+        self.ranges = ranges
+        self.range_refusals = 0
         self.recheck = recheck
         self.max_blocks = max_blocks
         self.clock = clock
@@ -102,6 +106,16 @@ class ReputationGateAdapter:
             self.on_error(exc)
             return None
         score = round(float(d.reputation.score), 3)
+        if self.ranges:
+            hit = self.ranges.match(key, now)
+            if hit is not None and hit.kind == "ban":
+                self.range_refusals += 1
+                self.note_block(key, hit.until, score, now)
+                return GateDecision(allow=False, tier="blocked", score=score, reason="blocked",
+                                    retry_ms=max(1, int((hit.until - now) * 1000)))
+            if hit is not None and d.allow:            # captcha: the lowest tier, not a refusal
+                return GateDecision(allow=True, tier=self.engine.tiers.tiers[-1].name, score=score,
+                                    reason="blocked", retry_ms=None)
         if not d.allow:
             self.note_block(key, now + max(d.retry_after, 0.001), score, now)
         return GateDecision(allow=d.allow, tier=d.tier.name, score=score, reason="blocked", retry_ms=d.retry_ms)
@@ -116,13 +130,16 @@ class ReputationService:
 
     def __init__(self, engine: Any, settings: Any, *, threshold: Any = None, live: bool = True) -> None:
         from stormguard.features.clients.online import OnlineClientFeatures
+        from stormguard.scoring.enforce.ranges import RangeTable
         from stormguard.server.live.rules import LiveReputation
 
         self.engine = engine
         self.store = engine.store
         self.threshold = threshold
+        self.ranges = RangeTable()
+        self.crowdsec: Any = None       # a scoring.enforce.bridge.CrowdsecBridge when [crowdsec] is configured
         self.gate = ReputationGateAdapter(engine, recheck=settings.block_recheck_seconds,
-                                          max_blocks=settings.block_cache_size)
+                                          max_blocks=settings.block_cache_size, ranges=self.ranges)
         self.live: LiveReputation | None = None
         if live:
             features = OnlineClientFeatures("src_ip", settings.live_window, max_keys=settings.live_max_keys)
@@ -144,7 +161,11 @@ class ReputationService:
         threshold = DynamicThreshold(config.threshold, base=config.reputation.block_score,
                                      geo=GeoLookup.from_config(config.geoip))
         engine = ReputationEngine(store, config, threshold=threshold)
-        return cls(engine, settings, threshold=threshold, live=settings.live_rules)
+        service = cls(engine, settings, threshold=threshold, live=settings.live_rules)
+        from stormguard.scoring.enforce.bridge import CrowdsecBridge
+
+        service.crowdsec = CrowdsecBridge.from_config(config.crowdsec, engine, service.ranges)
+        return service
 
     @property
     def observers(self) -> list[Callable[[str, RequestContext, dict[str, Any]], None]]:
@@ -167,6 +188,27 @@ class ReputationService:
             lambda: self.gate.store_reads)
         Gauge("stormguard_block_threshold", "Current block score (dynamic threshold)", registry=r).set_function(
             lambda: float(self.engine.block_score()))
+        Gauge("stormguard_range_entries", "Address ranges in force (CrowdSec Range and captcha decisions)",
+              registry=r).set_function(lambda: len(self.ranges))
+        Gauge("stormguard_range_refusals", "Connections refused by a range ban", registry=r).set_function(
+            lambda: self.gate.range_refusals)
+        bridge = self.crowdsec
+        if bridge is not None and bridge.importer is not None:
+            st = bridge.importer.stats
+            Gauge("stormguard_crowdsec_import_applied", "CrowdSec decisions applied to the store and ranges",
+                  registry=r).set_function(lambda: st.applied)
+            Gauge("stormguard_crowdsec_import_errors", "Failed Local API decision pulls",
+                  registry=r).set_function(lambda: st.errors)
+            Gauge("stormguard_crowdsec_import_connected", "1 while the last decision pull succeeded",
+                  registry=r).set_function(lambda: float(st.connected))
+        if bridge is not None and bridge.exporter is not None:
+            ex = bridge.exporter
+            Gauge("stormguard_crowdsec_export_pushed", "Blocks pushed to the Local API as alerts",
+                  registry=r).set_function(lambda: ex.stats.pushed)
+            Gauge("stormguard_crowdsec_export_queued", "Blocks waiting in the on-disk queue",
+                  registry=r).set_function(lambda: len(ex.spool))
+            Gauge("stormguard_crowdsec_export_errors", "Failed Local API alert pushes",
+                  registry=r).set_function(lambda: ex.stats.errors)
         gate_errors = errors.labels("gate")
 
         def gate_error(exc: BaseException) -> None:
@@ -218,10 +260,14 @@ class ReputationService:
         if self.threshold is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.threshold.run(),
                                                                       name="stormguard-threshold"))
+        if self.crowdsec is not None:
+            self.crowdsec.start()
 
     async def stop(self) -> None:
         import contextlib
 
+        if self.crowdsec is not None:
+            await self.crowdsec.stop()
         await cancel_tasks(*self._tasks)
         self._tasks.clear()
         if self.live is not None:
