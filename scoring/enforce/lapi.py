@@ -18,12 +18,18 @@ from typing import Any
 
 import httpx
 
-USER_AGENT = "stormguard-bouncer"
+def _user_agent() -> str:
+    # name/version: the Local API parses it, and refuses a machine login whose User-Agent has no version
+    from stormguard import __version__
+
+    return f"stormguard/{__version__}"
+
+
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
-class LapiError(RuntimeError):
+class LapiError(OSError):
     """A Local API call that failed; ``status`` is the HTTP status when there was one (401: wrong credentials)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -86,7 +92,7 @@ class LocalApi:
         self.bouncer_key = bouncer_key
         self.machine = machine
         self._client = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport,
-                                         headers={"User-Agent": USER_AGENT})
+                                         headers={"User-Agent": _user_agent()})
         self._token: str | None = None
 
     async def close(self) -> None:

@@ -31,7 +31,7 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SLACK = 2.0       # seconds: an element whose timeout is within this of the block's end is left as it is
 
 
-class NftError(RuntimeError):
+class NftError(OSError):
     pass
 
 
@@ -92,7 +92,7 @@ class NftSets:
                 elif have[addr] + SLACK < left:
                     p.delete[name].append(addr)
                     p.add[name].append((addr, left))
-            p.delete[name] += sorted(a for a in have if a not in wanted)
+            p.delete[name] = sorted([*p.delete[name], *(a for a in have if a not in wanted)])
         return p
 
     def elements(self, p: Plan) -> str:
