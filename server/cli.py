@@ -70,6 +70,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"stormguard serve: {exc}", file=sys.stderr)
         return 2
+    from stormguard.scoring.enforce.bridge import bouncer_key, machine
+
+    try:   # [crowdsec] credentials: one clear line here rather than a failing worker
+        machine(cfg.crowdsec)
+        bouncer_key(cfg.crowdsec)
+    except ConfigError as exc:
+        print(f"stormguard serve: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1 and not shared_store(cfg.store.url):
         # The in-memory reputation, hub, limiter and quota are per process. With --store redis://… reputation,
         # hub history, fan-out, the limiter's buckets and the stream-count leases are shared between workers.

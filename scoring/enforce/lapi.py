@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+
 def _user_agent() -> str:
     # name/version: the Local API parses it, and refuses a machine login whose User-Agent has no version
     from stormguard import __version__
