@@ -78,6 +78,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stormguard serve: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1 and cfg.crowdsec.lapi_url:
+        # Each worker runs its own importer (the range table is per process) on the one bouncer key: full pulls,
+        # so they do not split the decision deltas. Export from one place only: `stormguard crowdsec push`.
+        os.environ["STORMGUARD_CROWDSEC_FULL_PULLS"] = "1"
+        if cfg.crowdsec.export_blocks and machine(cfg.crowdsec) is not None:
+            print("stormguard serve: --workers > 1: CrowdSec export is off in the workers (they would push every "
+                  "block N times); run `stormguard crowdsec push` beside them", file=sys.stderr)
+        os.environ["STORMGUARD_CROWDSEC_EXPORT_BLOCKS"] = "0"
     if args.workers > 1 and not shared_store(cfg.store.url):
         # The in-memory reputation, hub, limiter and quota are per process. With --store redis://… reputation,
         # hub history, fan-out, the limiter's buckets and the stream-count leases are shared between workers.

@@ -398,6 +398,7 @@ class CrowdsecConfig:
     queue_max: int = 100_000
     timeout: float = 5.0
     max_backoff: float = 120.0
+    full_pulls: bool = False              # every pull the whole active set (set by `serve --workers N`)
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,14 @@ def test_machine_credentials_file_errors_name_the_file(tmp_path):
     bad.write_text("url: http://x\nlogin: m1\n")
     with pytest.raises(LapiError, match=r"bad.yaml: missing password"):
         MachineCredentials.from_file(bad)
+
+
+def test_full_pulls_repeat_the_active_set_without_rewriting_the_store():
+    store, imp = importer()
+    imp.full_pulls = True
+    active = [decision(1, "198.51.100.40"), decision(2, "203.0.113.0/24", scope="Range")]
+    assert run(imp.apply(active, [], NOW, startup=True)) == 2
+    active[0]["duration"] = "59m58s"                          # the same decisions, two seconds later
+    assert run(imp.apply(active, [], NOW + 2, startup=True)) == 1   # the range entry is refreshed, no store write
+    assert run(imp.apply(active[1:], [], NOW + 4, startup=True)) == 2  # gone from the set: lifted
+    assert not store.get_now("198.51.100.40", NOW + 4).blocked(NOW + 4)

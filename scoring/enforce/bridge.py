@@ -77,7 +77,8 @@ class CrowdsecBridge:
             api = LocalApi(url, bouncer_key=key, timeout=cfg.timeout)
             apis.append(api)
             importer = DecisionImporter(engine.store, ranges if ranges is not None else RangeTable(), api,
-                                        interval=cfg.pull_interval, max_backoff=cfg.max_backoff)
+                                        interval=cfg.pull_interval, max_backoff=cfg.max_backoff,
+                                        full_pulls=cfg.full_pulls)
         if want_export and cfg.export_blocks and creds is not None:
             api = LocalApi(url, machine=creds, timeout=cfg.timeout)
             apis.append(api)

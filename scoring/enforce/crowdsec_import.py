@@ -52,9 +52,13 @@ class DecisionImporter:
     """Applies Local API decision streams to a store and a range table (see the module docstring)."""
 
     def __init__(self, store: Any, ranges: RangeTable, api: LocalApi | None = None, *, interval: float = 10.0,
-                 max_backoff: float = 120.0, clock: Callable[[], float] = time.time, concurrency: int = 64) -> None:
+                 max_backoff: float = 120.0, clock: Callable[[], float] = time.time, concurrency: int = 64,
+                 full_pulls: bool = False) -> None:
         self.store = store
         self.concurrency = max(1, concurrency)
+        # every pull a startup pull (the whole active set, reconciled): for several processes sharing one bouncer
+        # key, which would otherwise split the deltas between them
+        self.full_pulls = full_pulls
         self.ranges = ranges
         self.api = api
         self.interval = interval
@@ -157,9 +161,10 @@ class DecisionImporter:
             bans = self._ip_bans.setdefault(value, {})
             before = max((u for u, _ in bans.values()), default=0.0)
             bans[did] = (until, reason)
-            if until > before:
+            if until > before + 1.0:        # a full pull repeats live decisions: no store write for those
                 await self.store.block(value, until, reason, now=now)
-            return 1
+                return 1
+            return 0
         cidr = value if where == "range" else str(ipaddress.ip_network(value))
         self.ranges.add(cidr, kind, did, until, reason)
         return 1
@@ -245,7 +250,7 @@ class DecisionImporter:
                 if not self.stats.connected:
                     log.info("crowdsec import: connected to %s", self.api.url if self.api else "-")
                 self.stats.connected = True
-                startup, wait, delay = False, self.interval, self.interval
+                startup, wait, delay = self.full_pulls, self.interval, self.interval
             try:
                 await asyncio.wait_for(stop.wait(), wait)
             except TimeoutError:
