@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from crowdsec_lapi import CrowdsecLapi, lapi_fixture
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401 - fixture
-from server_harness import PROJECT_ROOT, SSEClient, running_server
+from server_harness import PROJECT_ROOT, SSEClient, free_port, running_server
 
 FAST = {"enable_test_routes": True, "block_recheck_seconds": 0.2, "live_rules": False}
 lapi = pytest.fixture(scope="module", name="lapi")(lapi_fixture)
@@ -65,13 +66,19 @@ def test_decisions_reach_the_gate_and_deleted_ones_are_lifted(lapi: CrowdsecLapi
     lapi.cscli("decisions", "add", "--range", "127.0.1.0/24", "--duration", "1h", "--reason", "test/range")
     lapi.cscli("decisions", "add", "--ip", "127.0.0.82", "--duration", "1h", "--type", "captcha")
     cfg = config_file(tmp_path, lapi, bouncer_key=key, export_blocks=False)
-    with running_server(FAST, args=("--config", str(cfg))) as srv:
+    admin = free_port()
+    with running_server({**FAST, "admin_token": "adm-token"},
+                        args=("--config", str(cfg), "--admin-port", str(admin))) as srv:
         assert wait_for(lambda: status_of(srv.port, "127.0.0.81")[0] == 204)          # ban on an address
         assert status_of(srv.port, "127.0.1.9")[0] == 204                            # ban on a range
         assert status_of(srv.port, "127.0.0.82") == (200, "low")                     # captcha: the low tier
         assert status_of(srv.port, "127.0.0.83") == (200, "neutral")                 # anyone else
         assert srv.metric("stormguard_range_entries") == 2       # the range and the captcha; no per-address keys
         assert srv.metric("stormguard_crowdsec_import_applied") == 3
+        state = httpx.get(f"http://127.0.0.1:{admin}/admin/state", headers={"authorization": "Bearer adm-token"},
+                          timeout=10).json()
+        assert state["ranges"] == 2 and state["crowdsec"]["export"] is None
+        assert state["crowdsec"]["import"]["connected"] and state["crowdsec"]["import"]["applied"] == 3
 
         lapi.cscli("decisions", "delete", "--ip", "127.0.0.81")
         lapi.cscli("decisions", "delete", "--range", "127.0.1.0/24")

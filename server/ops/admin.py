@@ -237,6 +237,19 @@ class AdminApi:
                 "fail_weight": th.cfg.fail_weight, "heat_weight": th.cfg.heat_weight,
                 "override": th.cfg.override, "hot_groups": len(th._heat),
                 "window_seconds": th.cfg.window_seconds, "interval_seconds": th.cfg.interval_seconds}
+            out["ranges"] = len(service.ranges)
+            bridge = service.crowdsec
+            if bridge is not None:
+                imp, exp = bridge.importer, bridge.exporter
+                out["crowdsec"] = {
+                    "import": None if imp is None else {
+                        "connected": imp.stats.connected, "pulls": imp.stats.pulls, "applied": imp.stats.applied,
+                        "lifted": imp.stats.lifted, "errors": imp.stats.errors, "skipped": imp.stats.skipped,
+                        "last_error": imp.stats.last_error},
+                    "export": None if exp is None else {
+                        "connected": exp.stats.connected, "queued": len(exp.spool), "pushed": exp.stats.pushed,
+                        "dropped": exp.spool.dropped, "expired": exp.stats.expired, "errors": exp.stats.errors,
+                        "last_error": exp.stats.last_error}}
         return out
 
     async def state(self, request: Request) -> JSONResponse:
