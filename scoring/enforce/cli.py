@@ -155,6 +155,11 @@ def run_nftables(args: argparse.Namespace) -> int:
         print(f"nftables inet {args.table}: {len(blocks)} blocked, +{c['add']} -{c['delete']} elements"
               + (" (dry run)" if args.dry_run else ""), file=sys.stderr)
 
+    return _run(args, engine, step)
+
+
+def _run(args: argparse.Namespace, engine: Any, step: Any) -> int:
+    """``step`` once, or in ``--watch`` rounds; the store closed at the end."""
     async def main() -> int:
         try:
             return await _rounds(args, not args.watch, step)
@@ -177,13 +182,7 @@ def run_blocklist(args: argparse.Namespace) -> int:
         if args.output:
             print(f"{args.output}: {text.count(chr(10)) - 1} addresses ({args.format})", file=sys.stderr)
 
-    async def main() -> int:
-        try:
-            return await _rounds(args, not args.watch, step)
-        finally:
-            await engine.store.close()
-
-    return asyncio.run(main())
+    return _run(args, engine, step)
 
 
 # -- crowdsec pull / push --------------------------------------------------------------------------------------

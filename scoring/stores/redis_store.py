@@ -137,6 +137,13 @@ class RedisStore(ReputationStore):
         h, z, x = self.keys_for(key)
         return bool(await self._evalsha("delete", [h, z, x], [key]))
 
+    async def _hashes(self, tag: str, members: list[str]) -> list[list[Any]]:
+        """The stored fields of ``members`` of one hash tag, in one pipelined round trip (None fields: gone)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for m in members:
+                pipe.hmget(f"{tag}:k:{m}", "s", "t", "b", "u", "r")
+            return await pipe.execute()
+
     async def top(self, n: int = 10, worst: bool = True, now: float | None = None) -> list[Reputation]:
         now = self.now() if now is None else now
         found: list[Reputation] = []
@@ -147,10 +154,7 @@ class RedisStore(ReputationStore):
             members = await (self.client.zrange(z, 0, n - 1) if worst else self.client.zrevrange(z, 0, n - 1))
             if not members:
                 continue
-            async with self.client.pipeline(transaction=False) as pipe:
-                for m in members:
-                    pipe.hmget(f"{tag}:k:{m}", "s", "t", "b", "u", "r")
-                rows = await pipe.execute()
+            rows = await self._hashes(tag, members)
             stale = [m for m, raw in zip(members, rows, strict=True) if raw[0] is None]
             if stale:  # atomically, only those still without a hash (one may have been written meanwhile)
                 await self._evalsha("prune", [z, f"{tag}:x"], [f"{tag}:k:", *stale])
@@ -209,10 +213,7 @@ class RedisStore(ReputationStore):
             members = await self.client.zrangebyscore(b, f"({_fmt(now)}", "+inf", start=0, num=max(0, limit))
             if not members:
                 continue
-            async with self.client.pipeline(transaction=False) as pipe:
-                for m in members:
-                    pipe.hmget(f"{tag}:k:{m}", "s", "t", "b", "u", "r")
-                rows = await pipe.execute()
+            rows = await self._hashes(tag, members)
             found += [rep for rep in (self._parse(m, raw).at(now, self.options.lam)
                                       for m, raw in zip(members, rows, strict=True) if raw[0] is not None)
                       if rep.block_until > now]
