@@ -31,10 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stormguard.storm.profile import load_profile
-from stormguard.storm.record import convergence_table, plot
-from stormguard.storm.runner import run_storm, save_report, write_labels
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -113,6 +109,11 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 
 def run_demo(out: Path, *, duration: float, scale: float, store: str | None, progress: bool) -> dict[str, Any]:
+    # the generator's machinery only when it runs: `stormguard --help` and every other subcommand build this parser
+    from stormguard.storm.profile import load_profile
+    from stormguard.storm.record import convergence_table, plot
+    from stormguard.storm.runner import run_storm, save_report, write_labels
+
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"
     log.write_text("")
