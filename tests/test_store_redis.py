@@ -74,7 +74,7 @@ def test_expired_members_leave_the_ranking(redis_server: RedisServer) -> None:
         r.delete(s.store.keys_for("gone")[0])  # as if its TTL ran out
         assert [x.key for x in s.top(5)] == []
         s.add("a", -1, now=100.0)
-        h, z, x = s.store.keys_for("a")
+        h, z, x, _ = s.store.keys_for("a")
         r.zadd(x, {"gone2": 0})
         r.zadd(z, {"gone2": 0})
         s.add("a", -1, now=200.0)  # the write sweeps expired members
@@ -220,7 +220,7 @@ def test_top_prunes_only_members_still_without_hash(redis_server: RedisServer) -
     with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0")) as s:
         store: RedisStore = s.store
         s.add("live", -5, now=100.0)
-        _, z, x = store.keys_for("live")
+        _, z, x, _ = store.keys_for("live")
         r.zadd(z, {"stale": -1e9})
         r.zadd(x, {"stale": 0})
         assert [e.key for e in s.top(5, now=100.0)] == ["live"]
@@ -248,7 +248,7 @@ def _edge_rows(n: int, seed: int) -> list[tuple[str, float]]:
 
 
 def _state(r: redis.Redis, store: RedisStore, key: str) -> tuple[Any, ...]:
-    h, z, _ = store.keys_for(key)
+    h, z, _, _ = store.keys_for(key)
     raw = {b"b": b"0", b"u": b"0", **r.hgetall(h)}  # a load does not write b / u when they are unset
     return ({f: float(v) if f in (b"s", b"t", b"b", b"u") else v for f, v in raw.items()}, r.zscore(z, key))
 
@@ -321,7 +321,7 @@ def test_load_tokens_keep_the_ranking_bounded(redis_server: RedisServer) -> None
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0&idle_ttl=60")) as s:
         store: RedisStore = s.store
-        _, z, x = store.keys_for("a")
+        _, z, x, _ = store.keys_for("a")
         rows = [(f"m{i}", 0.25 * (i % 3)) for i in range(25)]  # |score| <= 0.5: idle TTL, token due at 160
         s.load_scores(rows, now=100.0, chunk=10)
         tokens = r.zrange(x, 0, -1, withscores=True)
@@ -356,7 +356,7 @@ def test_loads_drain_due_tokens_and_skip_rewritten_members(redis_server: RedisSe
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     with SyncStore(open_store(f"{redis_server.url}?prefix={_prefix()}&failover=0&idle_ttl=60")) as s:
         store: RedisStore = s.store
-        _, z, x = store.keys_for("a")
+        _, z, x, _ = store.keys_for("a")
         lists = x.replace("{", "\\{").replace("}", "\\}") + "\x1e*"
         rows = [(f"m{i}", 0.25) for i in range(30)]
         for day in range(1, 8):  # due after 60 s, reloaded every 100 s (the hashes live: real TTL 60 s)

@@ -8,7 +8,10 @@ Key layout per hash tag ``{tag}`` (one slot in Redis Cluster, so every key a scr
 ``{tag}:z`` sorted set of rank (see ``rank``), ``{tag}:x`` sorted set of expected expiry, used to drop members of
 ``:z`` whose hash has expired (a few per write, so the set stays bounded without a sweeper), ``{tag}:b`` sorted
 set of block-until for members whose last write left them blocked (the exporters' index: a hash lives at least as
-long as its block, so an entry past its score is dropped by whoever lists the blocks).
+long as its block, so an entry past its score is dropped by whoever lists the blocks; member ``\x1e`` at score 0
+keeps the key in existence, as ``:z`` and ``:x`` are, because a multi-key script during a slot migration must find
+all of its keys on one side). Every key a script writes
+is declared in KEYS, so a slot migration answers ASK/TRYAGAIN before the script runs instead of failing inside it.
 
 A batch load does not give each key an entry in ``:x`` (that insert was a quarter of its cost): per script call it
 pushes the call's members to one list ``{tag}:x<token>`` and adds ``<token>`` = ``\\x1e<id>@<now>`` to ``:x``, due
@@ -81,7 +84,7 @@ end
 """
 
 _APPLY = r"""
-local function apply(h, z, x, member, now, op, val, reason, lam, bscore, bsec, maxr, idle, init)
+local function apply(h, z, x, b, member, now, op, val, reason, lam, bscore, bsec, maxr, idle, init)
   local cur = redis.call('HMGET', h, 's', 't', 'b', 'u', 'r')
   local s = tonumber(cur[1])
   local t0 = tonumber(cur[2])
@@ -119,16 +122,16 @@ local function apply(h, z, x, member, now, op, val, reason, lam, bscore, bsec, m
   redis.call('EXPIRE', h, l)
   redis.call('ZADD', z, rank(s, t, lam), member)
   redis.call('ZADD', x, t + l, member)
-  local b = string.sub(z, 1, -2) .. 'b'   -- {tag}:b, the block index (same hash tag, same slot)
   if u > t then redis.call('ZADD', b, u, member) else redis.call('ZREM', b, member) end
+  redis.call('ZADD', b, 0, '\30')  -- the index always exists, like :z and :x: a slot migration then ASKs for it
   return {fmt(s), fmt(t), fmt(lastbad), fmt(u), reasons}
 end
 """
 
-# KEYS: hash, zset, expiry zset.  ARGV: member, now, op, value, reason, lam, block_score ('' = none),
+# KEYS: hash, zset, expiry zset, block index.  ARGV: member, now, op, value, reason, lam, block_score ('' = none),
 # block_seconds, max_reasons, idle_ttl, initial_score, hash key prefix.
 UPDATE = _COMMON + _APPLY + r"""
-local res = apply(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5],
+local res = apply(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5],
                   tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
                   tonumber(ARGV[11]))
 if res == nil then return redis.error_reply('unknown op ' .. ARGV[3]) end
@@ -195,12 +198,12 @@ end
 return n
 """
 
-# KEYS: hash, zset, expiry zset.  ARGV: member.  Forget one key everywhere, atomically (also on Cluster).
+# KEYS: hash, zset, expiry zset, block index.  ARGV: member.  Forget one key everywhere, atomically (also on Cluster).
 DELETE = r"""
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', string.sub(KEYS[2], 1, -2) .. 'b', ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return n
 """
 

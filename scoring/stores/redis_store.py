@@ -83,10 +83,10 @@ class RedisStore(ReputationStore):
             return "{" + self.prefix + "}"
         return "{" + f"{self.prefix}:{zlib.crc32(key.encode()) % self.shards}" + "}"
 
-    def keys_for(self, key: str) -> tuple[str, str, str]:
-        """(hash, rank zset, expiry zset) of a client key."""
+    def keys_for(self, key: str) -> tuple[str, str, str, str]:
+        """(hash, rank zset, expiry zset, block index) of a client key."""
         tag = self.tag(key)
-        return f"{tag}:k:{key}", f"{tag}:z", f"{tag}:x"
+        return f"{tag}:k:{key}", f"{tag}:z", f"{tag}:x", f"{tag}:b"
 
     def _tags(self) -> list[str]:
         if self.shards == 1:
@@ -113,7 +113,7 @@ class RedisStore(ReputationStore):
     # -- API ---------------------------------------------------------------------------------------------------
     async def get(self, key: str, now: float | None = None) -> Reputation:
         now = self.now() if now is None else now
-        h, _, _ = self.keys_for(key)
+        h = self.keys_for(key)[0]
         raw = await self.client.hmget(h, "s", "t", "b", "u", "r")
         if raw[0] is None:
             return Reputation(key, clamp(self.options.initial_score), now)
@@ -123,19 +123,18 @@ class RedisStore(ReputationStore):
                      block_score: float | None = None, block_seconds: float = 0.0) -> Reputation:
         check_value(op, value)
         now = self.now() if now is None else now
-        h, z, x = self.keys_for(key)
+        keys = list(self.keys_for(key))
         o = self.options
         if SEP in reason:
             reason = reason.replace(SEP, " ")
-        raw = await self._evalsha("update", [h, z, x], [
+        raw = await self._evalsha("update", keys, [
             key, _fmt(now), op, _fmt(value), reason, _fmt(o.lam), "" if block_score is None else _fmt(block_score),
             _fmt(block_seconds), int(o.max_reasons), _fmt(o.idle_ttl), _fmt(o.initial_score), self.tag(key) + ":k:",
         ])
         return self._parse(key, raw)
 
     async def delete(self, key: str) -> bool:
-        h, z, x = self.keys_for(key)
-        return bool(await self._evalsha("delete", [h, z, x], [key]))
+        return bool(await self._evalsha("delete", list(self.keys_for(key)), [key]))
 
     async def _hashes(self, tag: str, members: list[str]) -> list[list[Any]]:
         """The stored fields of ``members`` of one hash tag, in one pipelined round trip (None fields: gone)."""
@@ -209,7 +208,7 @@ class RedisStore(ReputationStore):
         found: list[Reputation] = []
         for tag in self._tags():
             b = f"{tag}:b"
-            await self.client.zremrangebyscore(b, "-inf", _fmt(now))
+            await self.client.zremrangebyscore(b, "(0", _fmt(now))     # the ended blocks; not the 0 sentinel
             members = await self.client.zrangebyscore(b, f"({_fmt(now)}", "+inf", start=0, num=max(0, limit))
             if not members:
                 continue
