@@ -8,7 +8,6 @@ round (store or nft unreachable) is logged and retried at the next one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import shlex
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("stormguard.enforce")
+# asyncio is imported by the functions that run: registering these subcommands must stay cheap for every command
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -100,6 +100,8 @@ def _engine(args: argparse.Namespace, failover: bool = False) -> tuple[Any, Any]
 
 async def _rounds(args: argparse.Namespace, once: bool, step: Any) -> int:
     """Run ``step()`` once, or every ``--interval`` until ``--duration`` or a signal; errors logged per round."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,6 +138,8 @@ def _emit(text: str, output: str | None) -> None:
 
 # -- export nftables / blocklist -------------------------------------------------------------------------------
 def run_nftables(args: argparse.Namespace) -> int:
+    import asyncio
+
     from stormguard.scoring.enforce.blocks import current_blocks
     from stormguard.scoring.enforce.nftables import NftSets
 
@@ -160,6 +164,8 @@ def run_nftables(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, engine: Any, step: Any) -> int:
     """``step`` once, or in ``--watch`` rounds; the store closed at the end."""
+    import asyncio
+
     async def main() -> int:
         try:
             return await _rounds(args, not args.watch, step)
@@ -187,6 +193,7 @@ def run_blocklist(args: argparse.Namespace) -> int:
 
 # -- crowdsec pull / push --------------------------------------------------------------------------------------
 def run_crowdsec(args: argparse.Namespace) -> int:
+    import asyncio
     import dataclasses
 
     from stormguard.scoring.enforce.bridge import CrowdsecBridge
@@ -234,6 +241,8 @@ def run_crowdsec(args: argparse.Namespace) -> int:
 
 # -- doctor ------------------------------------------------------------------------------------------------------
 def run_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
     from stormguard.config import load_config
 
     results: list[tuple[str, bool | None, str]] = []     # (part, ok / None = not configured, detail)
@@ -254,6 +263,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 async def _doctor_async(args: argparse.Namespace, config: Any, results: list[tuple[str, bool | None, str]]) -> None:
+    import asyncio
+
     from stormguard.scoring.stores import open_store
 
     url = args.store or config.store.url

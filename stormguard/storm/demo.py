@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,8 @@ def served(conn_log: Path, log: Path, token: str, *, model: Path | None, store: 
             if proc.poll() is not None:
                 raise RuntimeError(f"stormguard serve exited with {proc.returncode}; see {log}")
             try:
+                import urllib.request
+
                 with urllib.request.urlopen(url + "/healthz", timeout=1.0):
                     break
             except OSError:
