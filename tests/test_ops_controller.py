@@ -184,3 +184,14 @@ def test_p95_and_policy_validation():
         StepPolicy(share=0.8, max_share=0.5)
     with pytest.raises(ValueError):
         QuotaController(table(), Counters(), reject_ratio=0.1, healthy_ratio=0.2)
+
+
+def test_the_controller_leaves_out_the_refusals_of_blocked_clients():
+    """A flood of clients the gate already blocks must not downgrade everyone's quotas."""
+    from stormguard.server.app import build_stack
+
+    rt = build_stack().rt
+    rt.metrics.rejected.tally("limiter", "rate").n += 3
+    rt.metrics.rejected.tally("quota", "quota").n += 2
+    rt.metrics.rejected.tally("reputation", "blocked").n += 500
+    assert rt.ops.signals()[0] == 5.0

@@ -181,9 +181,12 @@ class Operations:
 
     # -- signals and accounting ---------------------------------------------------------------------------------
     def signals(self) -> tuple[float, float]:
-        """(refusals so far, streams opened so far): ``rate_limit_rejected_total`` and ``http_sse_connections``."""
+        """(refusals so far, streams opened so far): ``rate_limit_rejected_total`` and ``http_sse_connections``.
+
+        Refusals of blocked clients are left out: a flood of clients the gate already blocks is handled by their
+        blocks, and must not downgrade the quotas of everyone else."""
         m = self.rt.metrics
-        refused = sum(t.n for t in list(m.rejected.tallies.values()))
+        refused = sum(t.n for key, t in list(m.rejected.tallies.items()) if key != ("reputation", "blocked"))
         opened = 0.0
         for metric in m.connections.collect():
             opened += sum(sample.value for sample in metric.samples if sample.name.endswith("_total"))
