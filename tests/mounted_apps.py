@@ -11,13 +11,10 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
-from server_harness import PROJECT_ROOT, ServerProcess
+from server_harness import PROJECT_ROOT, ServerProcess, uvicorn_factory_cmd, wait_healthy
 from stormguard.server import ServerSettings, protect
 
 
@@ -89,21 +86,11 @@ def starlette_app() -> Any:
 def running_mounted(factory: str, settings: dict[str, Any] | None = None) -> Iterator[ServerProcess]:
     server = ServerProcess(settings)
     env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(server.settings), "STORMGUARD_STORE_URL": "memory://"}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", f"mounted_apps:{factory}", "--app-dir",
-           str(PROJECT_ROOT / "tests"), "--host", "127.0.0.1", "--port", str(server.port), "--loop", "uvloop",
-           "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    cmd = uvicorn_factory_cmd(f"mounted_apps:{factory}", server.port)
     server.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=server.log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120.0
     try:
-        while True:
-            if server.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"app did not start:\n{server.output()}")
-            try:
-                if httpx.get(server.url + "/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if not wait_healthy(server.url + "/healthz", server.proc):
+            raise RuntimeError(f"app did not start:\n{server.output()}")
         yield server
     finally:
         server.stop()
@@ -138,17 +125,9 @@ def running_process(cmd: list[str], health_url: str, env: dict[str, str] | None 
     log = tempfile.NamedTemporaryFile(prefix="stormguard-proc-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, stdout=log,
                             stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120.0
     try:
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[:4]} did not start:\n{open(log.name).read()[-3000:]}")
-            try:
-                if httpx.get(health_url, timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if not wait_healthy(health_url, proc):
+            raise RuntimeError(f"{cmd[:4]} did not start:\n{open(log.name).read()[-3000:]}")
         yield proc
     finally:
         proc.terminate()

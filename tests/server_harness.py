@@ -32,6 +32,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
+    """Poll ``url`` until it answers 200 (True), or ``proc`` exits or ``timeout`` passes (False). The deadline is for a
+    loaded machine (starts took 30-46 s under heavy load), not a bound on how fast a start should be."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def uvicorn_factory_cmd(target: str, port: int) -> list[str]:
+    """``uvicorn --factory MODULE:FACTORY`` for a factory in ``tests/``, as the harness runs every app."""
+    return [sys.executable, "-m", "uvicorn", "--factory", target, "--app-dir", str(PROJECT_ROOT / "tests"), "--host",
+            "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--log-level", "warning"]
+
+
 class ServerProcess:
     """``python -m stormguard.server.cli serve`` in a subprocess, settings through the environment."""
 
@@ -52,16 +73,10 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "stormguard.server.cli", "serve", "--host", "127.0.0.1", "--port",
                str(self.port), "--log-level", "warning", *self.args]
         self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_healthy(self.url + "/healthz", self.proc, timeout):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
         self.stop()
         raise RuntimeError(f"server did not become healthy within {timeout} s:\n{self.output()}")
 
@@ -283,18 +298,10 @@ def running_factory(factory: str, settings: dict[str, Any] | None = None) -> Ite
 
     def start(timeout: float = 120.0) -> ServerProcess:
         env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(server.settings)}
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", f"server_harness:{factory}", "--app-dir",
-               str(PROJECT_ROOT / "tests"), "--host", "127.0.0.1", "--port", str(server.port), "--loop", "uvloop",
-               "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        cmd = uvicorn_factory_cmd(f"server_harness:{factory}", server.port)
         server.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=server.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and server.proc.poll() is None:
-            try:
-                if httpx.get(server.url + "/healthz", timeout=1.0).status_code == 200:
-                    return server
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_healthy(server.url + "/healthz", server.proc, timeout):
+            return server
         server.stop()
         raise RuntimeError(f"server did not start:\n{server.output()}")
 

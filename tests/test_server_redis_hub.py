@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from redis_server import RedisServer, own_redis_server_fixture, redis_server_fixture  # noqa: F401 - fixtures
-from server_harness import PROJECT_ROOT, TOKEN, ServerProcess, SSEClient
+from server_harness import PROJECT_ROOT, TOKEN, ServerProcess, SSEClient, uvicorn_factory_cmd, wait_healthy
 from stormguard.server.hub.history import MemoryHistory
 from stormguard.server.hub.history_redis import RedisHistory, history_from_url, to_seq, to_stream_id
 
@@ -43,21 +42,11 @@ def redis_hub_server(url: str, prefix: str, settings: dict[str, Any] | None = No
     server = ServerProcess({"heartbeat_interval": 1.0, **(settings or {})})
     env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(server.settings), ENV_URL: url,
            ENV_OPTS: json.dumps({"prefix": prefix, "block_ms": 2000, **opts})}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "test_server_redis_hub:redis_app", "--app-dir",
-           str(PROJECT_ROOT / "tests"), "--host", "127.0.0.1", "--port", str(server.port), "--loop", "uvloop",
-           "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    cmd = uvicorn_factory_cmd("test_server_redis_hub:redis_app", server.port)
     server.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=server.log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30.0
-        while True:
-            if server.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{server.output()}")
-            try:
-                if httpx.get(server.url + "/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if not wait_healthy(server.url + "/healthz", server.proc):
+            raise RuntimeError(f"server did not start:\n{server.output()}")
         yield server
     finally:
         server.stop()
