@@ -252,6 +252,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from stormguard.server.layers.headlimit import GuardedHttpToolsProtocol
 
     os.environ[ENV_VAR] = settings.to_json()
+    if args.config:      # the app factory loads the same file ([reputation], [crowdsec], …), as serve's workers do
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ["STORMGUARD_PROXY"] = json.dumps({"upstream": args.upstream, "timeout": args.timeout,
                                                  "sse_paths": args.sse_path or ["/events"],
                                                  "store": cfg.store.url})

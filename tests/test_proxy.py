@@ -21,11 +21,13 @@ def _proxy(upstream: str, *extra: str) -> tuple[list[str], str, int]:
     return cmd, f"http://127.0.0.1:{port}/_stormguard/healthz", port
 
 
-def test_proxy_in_front_of_a_uvicorn_app_with_sse() -> None:
+def test_proxy_in_front_of_a_uvicorn_app_with_sse(tmp_path: Path) -> None:
+    config = tmp_path / "sg.toml"          # --config reaches the proxy's app: its [reputation] here
+    config.write_text("[reputation]\ninitial_score = 70\n")
     up = free_port()
     upstream = [sys.executable, "-m", "uvicorn", "--factory", "mounted_apps:plain_upstream", "--app-dir",
                 str(PROJECT_ROOT / "tests"), "--host", "127.0.0.1", "--port", str(up), "--log-level", "warning"]
-    cmd, health, port = _proxy(f"http://127.0.0.1:{up}", "--sse-path", "/stream")
+    cmd, health, port = _proxy(f"http://127.0.0.1:{up}", "--sse-path", "/stream", "--config", str(config))
     with running_process(upstream, f"http://127.0.0.1:{up}/healthz"), \
             running_process(cmd, health, {"STORMGUARD_SERVER_SETTINGS": SETTINGS}):
         with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.81"), timeout=10) as c:
@@ -41,7 +43,7 @@ def test_proxy_in_front_of_a_uvicorn_app_with_sse() -> None:
         stream = SSEClient(port, "/stream", source="127.0.0.82")
         msgs = stream.messages(3)                         # events arrive one by one, 0.2 s apart: not buffered
         assert stream.status == 200 and [m.id for m in msgs[:3]] == ["0", "1", "2"]
-        assert stream.headers.get("x-ip-rating") == "neutral"
+        assert stream.headers.get("x-ip-rating") == "trusted"          # initial_score 70 from --config
         stream.close()
         metrics = httpx.get(f"http://127.0.0.1:{port}/_stormguard/metrics", timeout=10).text
         assert 'rate_limit_rejected_total{layer="limiter",reason="rate"} 1.0' in metrics
