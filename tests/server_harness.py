@@ -32,13 +32,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0, **get: Any) -> bool:
     """Poll ``url`` until it answers 200 (True), or ``proc`` exits or ``timeout`` passes (False). The deadline is for a
     loaded machine (starts took 30-46 s under heavy load), not a bound on how fast a start should be."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, **get).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

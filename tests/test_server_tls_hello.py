@@ -25,13 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from server_harness import ServerProcess, free_port
+from server_harness import ServerProcess, free_port, wait_healthy
 from stormguard.features.capture.reader import read_capture
 
 from stormguard.report import ReplayStats
@@ -62,21 +61,13 @@ class TlsServer(ServerProcess):
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> TlsServer:
+    def start(self, timeout: float = 120.0) -> TlsServer:
         env = {**os.environ, "STORMGUARD_SERVER_SETTINGS": json.dumps(self.settings)}
         cmd = [sys.executable, "-m", "stormguard.server.cli", "serve", "--host", "127.0.0.1", "--port",
                str(self.port), "--log-level", "warning", *self.args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0, verify=False).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_healthy(self.url + "/healthz", self.proc, timeout, verify=False):
+            return self
         self.stop()
         raise RuntimeError(f"TLS server did not become healthy within {timeout} s:\n{self.output()}")
 
@@ -159,7 +150,9 @@ def _hellos(path: Path, port: int) -> dict[int, dict]:
 
 def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    server = TlsServer({"enable_test_routes": True}, args=("--tls-cert", str(cert), "--tls-key", str(key)))
+    conn_log = tmp_path / "conn.jsonl"
+    server = TlsServer({"enable_test_routes": True},
+                       args=("--tls-cert", str(cert), "--tls-key", str(key), "--conn-log", str(conn_log)))
     recorder = Recorder(server.port, tmp_path / "lo.pcapng")
     seen: dict[int, dict] = {}
     try:
@@ -198,6 +191,17 @@ def test_server_fingerprints_the_hello_it_received(tmp_path: Path) -> None:
         assert (who["ja3"], who["ja4"], who["sni"], who["alpn"]) == (r["ja3"], r["ja4"], r["sni"], r["alpn"])
         assert theirs[cport] == who["ja3"]
     assert len({w["ja3"] for w in seen.values()}) == 2  # curl and Python's ssl really differ
+    # the server's connection log (written off the hot path, flushed at shutdown) holds the same fingerprints
+    logged = {}
+    for line in conn_log.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("path") == "/_test/whoami":
+            logged[row["src_port"]] = row
+    for cport, who in seen.items():
+        row = logged[cport]
+        assert (row["ja3"], row["ja4"], row["sni"], row["alpn"]) == (who["ja3"], who["ja4"], who["sni"], who["alpn"])
+        assert row["proto"] == "https"
+    assert any(r["ja3"] == browser["ja3"] and r["ja4"] == browser["ja4"] for r in logged.values())
     # Chromium: its own client ports, several connections, and it permutes its extensions per connection (the
     # JA3s of its connections differ): the hello the server answered is the recorded one with the same JA3
     others = [r for p, r in rows.items() if p not in seen and r["sni"] == HOST]  # (health checks have no SNI)
