@@ -53,6 +53,10 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--out-dir", default=str(HERE / "out" / "storm"))
+    ap.add_argument("--group-short-lived", type=int, default=100,
+                    help="stormguard's [server] group_short_lived for the run (default 100; 0 = off, the serve "
+                         "default): networks whose addresses together make this many short-lived streams a minute "
+                         "are lowered, then refused")
     args = ap.parse_args()
 
     from stormguard.storm.profile import load_profile
@@ -83,7 +87,9 @@ def main() -> int:
             health = f"http://127.0.0.1:{port}/healthz"
             run_profile = profile
         with open(out / f"{name}.log", "w") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            run_env = env if name == "bare" else {**env,
+                                                   "STORMGUARD_SERVER_GROUP_SHORT_LIVED": str(args.group_short_lived)}
+            proc = subprocess.Popen(cmd, env=run_env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait(health, proc)
             print(f"== {name}: {' '.join(cmd[:6])} ...", flush=True)

@@ -260,6 +260,14 @@ class ServerConfig:
     live_queue_size: int = 100_000        # connection events waiting for the batcher (beyond: dropped, counted)
     live_max_keys: int = 100_000          # clients tracked by the online features (LRU beyond)
     live_refusal_layers: tuple[str, ...] = ("limiter", "tenant")   # refusals counted as connection attempts
+    # address groups (server/live/groups.py): a /24 (/64) whose addresses together make many short-lived streams
+    group_short_lived: int = 0            # short-lived streams per group and window that act (0 = off)
+    group_min_addresses: int = 20         # ... from at least this many distinct addresses
+    group_window: float = 60.0
+    group_block_seconds: float = 300.0    # first crossing: lowest tier; the next ones: refused; each this long
+    group_prefix_v4: int = 24
+    group_prefix_v6: int = 64
+    group_max: int = 10_000               # networks tracked (LRU beyond)
     block_recheck_seconds: float = 1.0    # a block seen locally is re-read from the store at most this often
     block_cache_size: int = 100_000
     # tenants (JWT): a key enables them

@@ -143,11 +143,20 @@ class ReputationService:
         self.live: LiveReputation | None = None
         if live:
             features = OnlineClientFeatures("src_ip", settings.live_window, max_keys=settings.live_max_keys)
+            groups = None
+            if settings.group_short_lived > 0:
+                from stormguard.server.live.groups import GroupPressure
+
+                groups = GroupPressure(threshold=settings.group_short_lived,
+                                       min_addresses=settings.group_min_addresses, window=settings.group_window,
+                                       block_seconds=settings.group_block_seconds,
+                                       prefix_v4=settings.group_prefix_v4, prefix_v6=settings.group_prefix_v6,
+                                       max_groups=settings.group_max)
             self.live = LiveReputation(engine, features=features, threshold=threshold, gate=self.gate,
                                        flush_interval=settings.live_flush_interval,
                                        max_queue=settings.live_queue_size,
                                        refusal_layers=tuple(settings.live_refusal_layers),
-                                       max_consumed=settings.live_max_keys)
+                                       max_consumed=settings.live_max_keys, groups=groups, ranges=self.ranges)
         self._tasks: list[Any] = []
 
     @classmethod
@@ -250,6 +259,20 @@ class ReputationService:
 
             live.on_error = live_error
             live.on_penalty = penalty
+            if live.groups is not None:
+                group_actions = Counter("stormguard_group_actions", "Networks put in the lowest tier (captcha) or "
+                                        "refused (ban) for their short-lived streams", ["action"], registry=r)
+                grp = live.groups
+                bounds.add("live_groups", lambda: len(grp), grp.max_groups, lambda: grp.evicted)
+
+                def group_action(crossing: Any, kind: str, until: float) -> None:
+                    group_actions.labels(kind).inc()
+                    rt.audit.record(client=crossing.network, tier="blocked" if kind == "ban" else None,
+                                    layer="reputation", reason="group_short_lived",
+                                    action="block" if kind == "ban" else "captcha", count=crossing.count,
+                                    addresses=crossing.addresses, until=round(until, 3))
+
+                live.on_group = group_action
             live.on_drop = dropped.inc
 
     async def start(self) -> None:

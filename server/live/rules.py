@@ -19,6 +19,10 @@ background task drains the deque every ``flush_interval`` seconds and, for the b
 
 Blocked clients' refusals (layer ``reputation``) are not fed to the rules: a block is not extended by the refusals
 it causes.
+
+With ``groups`` (:class:`~stormguard.server.live.groups.GroupPressure`), every short-lived stream a client ended is
+also counted for its network; a network that crosses the group threshold goes into the gate's range table (lowest
+tier first, refused on the next crossings) and ``on_group`` is told.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stormguard.features.clients import vector as fv
 from stormguard.features.clients.online import OnlineClientFeatures
 from stormguard.server.tasks import cancel_tasks
 
@@ -68,8 +73,13 @@ class LiveReputation:
                  clock: Callable[[], float] = time.time,
                  on_penalty: Callable[[Penalty], None] | None = None,
                  on_drop: Callable[[], None] | None = None,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None,
+                 groups: Any = None, ranges: Any = None,
+                 on_group: Callable[[Any, str, float], None] | None = None) -> None:
         self.engine = engine
+        self.groups = groups            # GroupPressure, or None (off)
+        self.ranges = ranges            # the gate's RangeTable: where group actions go
+        self.on_group = on_group or (lambda crossing, kind, until: None)
         # "is None", not "or": an empty OnlineClientFeatures is falsy (__len__), and "or" silently replaced the
         # configured one (live_max_keys) by a default-sized one, so the cap never applied
         self.features = features if features is not None else OnlineClientFeatures("src_ip")
@@ -150,6 +160,8 @@ class LiveReputation:
                 if handle is not None and reason == "disconnect":
                     features.close(handle, ts)
                     touched[key] = ctx
+                    if self.groups is not None and ts - handle.ts <= fv.SHORT_LIVED_S:
+                        self._group(key, ts)
                 if threshold is not None and reason == "slow":
                     threshold.record(key, failed=True, now=ts)
             elif kind == "refusal":
@@ -163,6 +175,18 @@ class LiveReputation:
         penalties = await self._apply(touched) if touched else []
         self._maybe_expire()
         return penalties
+
+    def _group(self, key: str, ts: float) -> None:
+        crossing = self.groups.short_lived(key, ts)
+        if crossing is None or self.ranges is None:
+            return
+        kind = "captcha" if crossing.level == 1 else "ban"
+        until = ts + self.groups.block_seconds
+        self.ranges.add(crossing.network, kind, "live-group", until, "group_short_lived")
+        log.warning("network %s: %d short-lived streams from %d addresses within %.0f s: %s until +%.0f s",
+                    crossing.network, crossing.count, crossing.addresses, self.groups.window,
+                    "lowest tier" if kind == "captcha" else "refused", self.groups.block_seconds)
+        self.on_group(crossing, kind, until)
 
     @staticmethod
     def _event(ctx: Any, ts: float, status: int) -> dict[str, Any]:
