@@ -463,17 +463,16 @@ def test_the_running_controller_downgrades_from_the_servers_own_refusals():
     audit = Path(tempfile.mkdtemp(prefix="stormguard-ctl-")) / "audit.jsonl"
     port = free_port()
     settings = {"admin_token": ADMIN, "trusted_proxies": [PROXY], "controller_interval": 0.2,
-                "controller_reject_hold": 0.6, "controller_cooldown": 3600.0}
+                "controller_reject_hold": 0.6, "controller_cooldown": 3600.0,
+                "ip_rate": 0.001, "ip_burst": 1.0}       # one stream, then the limiter refuses this address
     server = ServerProcess(settings, args=("--admin-port", str(port), "--audit-log", str(audit), "--no-model"))
     server.start()
     a = Admin(server, port, audit)
     try:
         until(lambda: _up(a), what="the admin listener")
         assert a.get("/admin/quotas").json()["levels"]["streams"] == 0
-        a.put("/admin/clients/10.82.0.66", {"tier": "blocked", "ttl": 300, "reason": "storm"})
-        for _ in range(20):                       # only refusals: the rejection ratio is 1
+        for _ in range(20):        # one admitted, then refusals (refusals of blocked clients would not count)
             c = stream(a, "10.82.0.66")
-            assert c.status == 204
             c.close()
         q = until(lambda: (q := a.get("/admin/quotas").json())["levels"]["streams"] >= 1 and q,
                   timeout=30.0, what="the controller's downgrade")
