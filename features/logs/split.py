@@ -162,19 +162,16 @@ def _worker_init() -> None:
     lean_arrow()  # Arrow conversion only: no pandas (nor numpy while pyarrow loads) in every worker
 
 
-def _read_span(task: tuple[str, tuple[int, int], Any, dict[str, str], str | None]
-               ) -> tuple[bytes | None, str | None, int, ReplayStats]:
-    """Worker: one range → (Arrow IPC stream of its records, or the file it was written to; row count; its
-    stats with span-relative line numbers)."""
+def read_span_table(path: Path, span: tuple[int, int], fmt: str | re.Pattern[str], fields: Mapping[str, str],
+                    stats: ReplayStats) -> pa.Table:
+    """The records of the lines in bytes ``span`` of the log at ``path`` (format resolved, not ``"auto"``) as one
+    Arrow record table; line numbers (in the table and in ``stats``) count from the span's first line."""
     import pyarrow as pa
     from stormguard.features.http.headers import finish_row
     from stormguard.features.logs.reader import read_log_chunks
 
     from stormguard.schema import ColumnBatch, arrow_schema, records_table
 
-    name, span, fmt, fields, target = task
-    path = Path(name)
-    stats = ReplayStats()
     tables: list[pa.Table] = []
     rows: list[dict[str, Any]] = []
     try:
@@ -192,7 +189,18 @@ def _read_span(task: tuple[str, tuple[int, int], Any, dict[str, str], str | None
                    offset=span[0], reason="reader error")
     if rows:
         tables.append(records_table(rows))
-    table = pa.concat_tables(tables) if tables else arrow_schema().empty_table()
+    return pa.concat_tables(tables) if tables else arrow_schema().empty_table()
+
+
+def _read_span(task: tuple[str, tuple[int, int], Any, dict[str, str], str | None]
+               ) -> tuple[bytes | None, str | None, int, ReplayStats]:
+    """Worker: one range → (Arrow IPC stream of its records, or the file it was written to; row count; its
+    stats with span-relative line numbers)."""
+    import pyarrow as pa
+
+    name, span, fmt, fields, target = task
+    stats = ReplayStats()
+    table = read_span_table(Path(name), span, fmt, fields, stats)
     if target is not None:
         try:
             with pa.OSFile(target, "wb") as out, pa.ipc.new_stream(out, table.schema) as writer:
