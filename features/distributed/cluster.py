@@ -3,6 +3,7 @@ the machine (one single-threaded worker process per CPU: the readers are pure Py
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
         client = Client(scheduler, timeout=CONNECT_TIMEOUT)
     else:
         cluster = LocalCluster(n_workers=n_workers or default_jobs(), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=dashboard, memory_limit=memory_limit)
+                               host="127.0.0.1", dashboard_address=dashboard, memory_limit=memory_limit,
+                               silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         if stream is not None:

@@ -75,10 +75,15 @@ def features_dask(client: Client, records: str | Path, output: str | Path, *, ke
         raise ValueError(f"{source}: the dask engine reads Parquet records (a file, or a dataset folder written "
                          "by 'stormguard replay --engine dask')")
     check_dataset_target(out)
+    workers = worker_count(client)
+    by_size = math.ceil(dataset_bytes(source) / PART_BYTES)
     if partitions is None:
-        partitions = max(2 * worker_count(client), math.ceil(dataset_bytes(source) / PART_BYTES))
+        partitions = max(2 * workers, by_size)
     with dask.config.set({"dataframe.convert-string": False}):  # the schema's own string dtype, as local
         frame = dd.read_parquet(str(source))
+        inputs = max(workers, by_size)
+        if frame.npartitions > inputs:  # many small parts (a replay of many small files): fewer, larger tasks
+            frame = frame.repartition(npartitions=inputs)
         meta = keyed(frame._meta, key)  # an unknown key column fails here, before any task runs
         shuffled = frame.map_partitions(keyed, key, meta=meta).shuffle(on=CLIENT_COLUMN, npartitions=partitions)
         with partial_dataset(out) as tmp:
