@@ -45,7 +45,8 @@ def dask_processes(folder: Path, workers: int = 2, memory_limit: str = "0") -> I
         return proc
 
     try:
-        sched = start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        sched = start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0",
+                                    "--dashboard-address", "127.0.0.1:0",
                                     "--scheduler-file", str(scheduler_file)])
         _wait_for_file(scheduler_file, sched, logs[0], time.monotonic() + START_DEADLINE)
         for i in range(workers):
@@ -62,6 +63,17 @@ def dask_processes(folder: Path, workers: int = 2, memory_limit: str = "0") -> I
             address = client.scheduler.address
         yield address
     finally:
+        if scheduler_file.exists() and procs and procs[0].poll() is None:
+            try:  # an orderly shutdown of scheduler and workers (quicker than signals to nannies)
+                with Client(scheduler_file=str(scheduler_file), timeout=10) as client:
+                    client.shutdown()
+            except (OSError, TimeoutError):
+                pass
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
         for proc in reversed(procs):  # workers first, then the scheduler
             if proc.poll() is None:
                 proc.terminate()

@@ -11,9 +11,6 @@ the range/share paths run on real files too.
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,19 +22,20 @@ pytest.importorskip("distributed", reason="the dask extra is not installed (pip 
 
 from dask_cluster import dask_processes  # noqa: E402
 from distributed import Client  # noqa: E402
-
 from stormguard.features.clients.windows import client_features, read_features  # noqa: E402
 from stormguard.features.distributed.cluster import dask_client  # noqa: E402
 from stormguard.features.distributed.replay import replay_dask  # noqa: E402
 from stormguard.features.distributed.windows import features_dask  # noqa: E402
 from stormguard.features.replay import replay_to_file  # noqa: E402
+
 from stormguard.report import ReplayStats  # noqa: E402
 from stormguard.schema import read_records  # noqa: E402
 
 #: Small enough that the corpus's larger logs (0.5-2.6 MB) come in several ranges and its larger captures
 #: (1-2 MB) in flow shares.
 SPLIT_BYTES = 256 << 10
-FEATURE_RUNS = (("src_ip", 300.0), ("ip_ja4", None))
+#: (key, window) runs compared here; the CLI test adds a composite key over the whole input.
+FEATURE_RUNS = (("src_ip", 300.0),)
 
 
 def _multiset(frame: pd.DataFrame) -> collections.Counter[str]:
@@ -61,15 +59,22 @@ def local(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
                          for run in FEATURE_RUNS}}
 
 
+@pytest.fixture(scope="module")
+def scheduler_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``dask scheduler`` process and two ``dask worker`` processes (one thread each) on 127.0.0.1."""
+    with dask_processes(tmp_path_factory.mktemp("dask")) as address:
+        yield address
+
+
 @pytest.fixture(scope="module", params=["dask-processes", "local-cluster"])
-def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+def client(request: pytest.FixtureRequest) -> Iterator[Client]:
     """A client of two single-threaded worker processes: separate ``dask scheduler``/``dask worker`` processes,
     or the ``LocalCluster`` the CLI starts without ``--scheduler``."""
     if request.param == "dask-processes":
-        with dask_processes(tmp_path_factory.mktemp("dask")) as address, Client(address, timeout=60) as c:
+        with Client(request.getfixturevalue("scheduler_address"), timeout=60) as c:
             yield c
     else:
-        with dask_client(None, n_workers=2, dashboard="127.0.0.1:0", stream=None) as c:
+        with dask_client(None, n_workers=2, dashboard="127.0.0.1:0", report=False) as c:
             yield c
 
 
@@ -126,3 +131,37 @@ def test_damaged_inputs_are_reported_as_locally(corpus: Path, client: Client, tm
     records = read_records(out)
     assert (records["source"] == "cut.pcapng").sum() > 0
     assert _multiset(records) == _multiset(read_records(tmp_path / "local.parquet"))
+
+
+def test_cli_replay_and_features_on_a_scheduler(corpus: Path, scheduler_address: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``stormguard replay|features --engine dask --scheduler ADDRESS``: the scheduler and dashboard are named,
+    the summary printed; the feature dataset equals the local engine's features of the same records (which the
+    local engine reads from the dataset folder)."""
+    from stormguard.cli import main
+
+    records = tmp_path / "records.parquet"
+    dask_opts = ["--engine", "dask", "--scheduler", scheduler_address]
+    assert main(["replay", str(corpus / "logs"), str(corpus / "pcap"), *dask_opts, "--split-mb", "0.5",
+                 "--no-progress", "-o", str(records)]) == 0
+    err = capsys.readouterr().err
+    assert f"dask: scheduler {scheduler_address}, 2 worker(s), dashboard: http://127.0.0.1:" in err
+    assert "files: 112 read, 4 refused" in err and "records written:" in err and f"to {records}" in err
+    features = tmp_path / "features.parquet"
+    assert main(["features", str(records), *dask_opts, "--key", "ip_ja4", "--window", "0",
+                 "-o", str(features)]) == 0
+    assert "feature vectors to the dataset" in capsys.readouterr().err
+    assert main(["features", str(records), "--key", "ip_ja4", "--window", "0",
+                 "-o", str(tmp_path / "local.parquet")]) == 0
+    got, want = read_features(features), read_features(tmp_path / "local.parquet")
+    assert len(want) > 50
+    pd.testing.assert_frame_equal(_sorted_features(got), _sorted_features(want), check_exact=False, rtol=1e-12)
+    # a dataset is a folder of Parquet parts: CSV is refused, and so is replacing a folder that is not a dataset
+    assert main(["replay", str(corpus / "logs"), *dask_opts, "-o", str(tmp_path / "r.csv")]) == 2
+    assert "must end in .parquet" in capsys.readouterr().err
+    (tmp_path / "other.parquet").mkdir()
+    (tmp_path / "other.parquet" / "keep.txt").write_text("mine")
+    assert main(["features", str(records), *dask_opts, "-o", str(tmp_path / "other.parquet")]) == 2
+    assert (tmp_path / "other.parquet" / "keep.txt").exists()
+    with pytest.raises(SystemExit):
+        main(["features", str(records), "--scheduler", scheduler_address, "-o", str(tmp_path / "x.parquet")])

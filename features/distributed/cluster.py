@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from stormguard.features.logs.split import default_jobs
 
@@ -33,11 +33,11 @@ def require_dask() -> None:
 @contextmanager
 def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
                 memory_limit: str | int | None = "auto", dashboard: str | None = LOCAL_DASHBOARD,
-                stream: TextIO | None = sys.stderr) -> Iterator[Client]:
+                report: bool = True) -> Iterator[Client]:
     """A client of the scheduler at ``scheduler`` (``tcp://host:port``), or of a ``LocalCluster`` on loopback with
     ``n_workers`` processes (default: the CPUs available) limited to ``memory_limit`` each (``"auto"``: the
-    machine's memory shared out). Prints the scheduler, the worker count and the dashboard address to
-    ``stream``; closes what it started."""
+    machine's memory shared out). With ``report``, prints the scheduler, the worker count and the dashboard
+    address to stderr; closes what it started."""
     require_dask()
     from distributed import Client, LocalCluster
 
@@ -50,11 +50,11 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
                                silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
-        if stream is not None:
+        if report:
             workers = len(client.scheduler_info().get("workers", {}))
             where = "local cluster" if cluster is not None else "scheduler"
             print(f"dask: {where} {client.scheduler.address}, {workers} worker(s), dashboard: {dashboard_link(client)}",
-                  file=stream)
+                  file=sys.stderr)
         yield client
     finally:
         client.close()

@@ -74,24 +74,35 @@ class TaskResult:
 
 
 def plan_tasks(files: Iterable[Path], stats: ReplayStats, *, log_format: str = "auto",
-               split_bytes: int = SPLIT_BYTES, capture_shares: int = 1) -> list[ReadTask]:
-    """The read tasks for ``files`` (in order). A file that is split is counted as read here (its range and
-    share tasks count only their lines, packets and records); a whole-file task counts itself, or refuses."""
+               split_bytes: int = SPLIT_BYTES, capture_shares: int = 1
+               ) -> tuple[list[ReadTask], dict[int, ReplayStats]]:
+    """The read tasks for ``files`` (in order). What is not an input is refused here, with the local engine's
+    report, and gets no task. A file that is split is counted as read here (its range and share tasks count only
+    their lines, packets and records); a whole-file task counts its file itself. Returns the tasks and the
+    refusals, keyed by the index of the task they come before (so reports keep the input order)."""
     from stormguard.features.logs.lines import line_spans
     from stormguard.features.logs.reader import detect_format
-    from stormguard.features.sniff import sniff
+    from stormguard.features.replay import sniff_or_refuse
 
     tasks: list[ReadTask] = []
 
     def add(path: Path, **kw: Any) -> None:
         tasks.append(ReadTask(len(tasks), str(path.resolve()), **kw))
 
+    refusals: dict[int, ReplayStats] = {}
     for path in files:
+        own = ReplayStats()
+        kind = sniff_or_refuse(path, own)  # refused here, as the local engine would: no task
+        if kind is None:
+            refusals.setdefault(len(tasks), ReplayStats()).merge(own)
+            continue
         try:
             big = path.stat().st_size >= split_bytes
-            kind = sniff(path) if big else None
         except OSError:
-            big, kind = False, None  # the whole-file task reports it
+            big = False  # (the task reports it)
+        if not big:
+            add(path)  # the task sniffs again and counts the file, as a local read does
+            continue
         if kind in ("pcap", "pcapng") and capture_shares > 1:
             stats.files += 1
             for k in range(capture_shares):
@@ -106,7 +117,7 @@ def plan_tasks(files: Iterable[Path], stats: ReplayStats, *, log_format: str = "
                     add(path, span=span, fmt=resolved)
                 continue
         add(path)
-    return tasks
+    return tasks, refusals
 
 
 def count_lines(path: str, span: tuple[int, int]) -> int:
@@ -202,7 +213,7 @@ def replay_dask(client: Client, inputs: Iterable[str | Path], output: str | Path
         workers = worker_count(client)
         capture_shares = workers if workers >= MIN_SHARE_WORKERS else 1
     files = expand_inputs(inputs, stats)
-    tasks = plan_tasks(files, stats, log_format=log_format, split_bytes=split_bytes,
+    tasks, refusals = plan_tasks(files, stats, log_format=log_format, split_bytes=split_bytes,
                        capture_shares=max(1, capture_shares))
     run = uuid.uuid4().hex[:12]  # task keys unique to this run (a long-lived scheduler may see many)
     with partial_dataset(out) as tmp:
@@ -235,6 +246,8 @@ def replay_dask(client: Client, inputs: Iterable[str | Path], output: str | Path
             future.release()
         rows = 0
         for task in tasks:
+            if task.index in refusals:
+                stats.merge(refusals[task.index])
             if task.index in results:
                 result = results[task.index]
                 stats.merge(result.stats)
@@ -243,6 +256,8 @@ def replay_dask(client: Client, inputs: Iterable[str | Path], output: str | Path
                 exc = failed[task.index]
                 stats.warn(task.path, f"dask task for {task.where()} failed ({type(exc).__name__}: {exc}); "
                            "its records are missing from the output", reason="dask task failed")
+        if len(tasks) in refusals:
+            stats.merge(refusals[len(tasks)])
         stats.records = rows
         if rows == 0:  # an empty dataset still has the record schema
             with RecordWriter(tmp / part_name(0)):
