@@ -325,23 +325,28 @@ def _data_key_window(args: argparse.Namespace, bundle: Any) -> tuple[str, float 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score every client of DATA; write a CSV/Parquet and/or load the scores into a reputation store."""
+    from stormguard.features.distributed.cli import check_engine
+
     started = time.perf_counter()
     if not args.output and not args.store:
         raise ValueError("nothing to do: give -o SCORES (.csv/.parquet) and/or --store URL")
     model, bundle = _load_scorer(args, started)
     key, window = _data_key_window(args, bundle)
-    features = _load_data(args, started, key, window)
-    t0 = time.perf_counter()
-    scores = model.score_frame(features)
-    dt = time.perf_counter() - t0
-    _say(f"scored {len(scores):,} clients in {dt:.2f} s", started)
-    if args.explain:
-        from stormguard.models.content import explain_signals
+    if check_engine(args):
+        scores = _score_on_dask(args, model, key, window, started)
+    else:
+        features = _load_data(args, started, key, window)
+        t0 = time.perf_counter()
+        scores = model.score_frame(features)
+        dt = time.perf_counter() - t0
+        _say(f"scored {len(scores):,} clients in {dt:.2f} s", started)
+        if args.explain:
+            from stormguard.models.content import explain_signals
 
-        scores["explain"] = explain_signals(features)
-    if args.output:
-        _write_table(scores, Path(args.output))
-        print(f"scores: {len(scores):,} -> {args.output}")
+            scores["explain"] = explain_signals(features)
+        if args.output:
+            _write_table(scores, Path(args.output))
+            print(f"scores: {len(scores):,} -> {args.output}")
     if args.store:
         from stormguard.scoring.batch import fill_store
         from stormguard.scoring.stores import open_store
@@ -360,6 +365,26 @@ def cmd_score(args: argparse.Namespace) -> int:
                             if c in worst]],
                      args.show)
     return 0
+
+
+def _score_on_dask(args: argparse.Namespace, model: Any, key: str, window: float | None, started: float) -> Any:
+    """``score --engine dask``: one Parquet record file or dataset → a score dataset (``-o``), read back for the
+    store and the summary."""
+    import pandas as pd
+    from stormguard.features.distributed.cluster import dask_client
+    from stormguard.models.distributed import score_dask
+
+    if len(args.data) != 1 or Path(args.data[0]).suffix.lower() not in {".parquet", ".pq"}:
+        raise ValueError("--engine dask scores one Parquet record file or dataset (write it with "
+                         "'stormguard replay --engine dask')")
+    if not args.output:
+        raise ValueError("--engine dask writes a score dataset: give -o SCORES.parquet")
+    with dask_client(args.scheduler) as client:
+        n = score_dask(client, args.data[0], args.output, model, key=key, window=window, partitions=args.partitions,
+                       explain=args.explain, show_progress=None if not getattr(args, "no_progress", False) else False)
+    _say(f"scored {n:,} clients on the cluster (key={key}, window={window or 'whole input'})", started)
+    print(f"scores: {n:,} -> {args.output} (dataset)")
+    return pd.read_parquet(args.output)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -431,6 +456,8 @@ def _data_args(p: argparse.ArgumentParser, defaults_from_bundle: bool) -> None:
 
 def register_behaviour(subparsers: Any) -> None:
     """``train``, ``evaluate`` and ``score``: the behaviour scorer."""
+    from stormguard.features.distributed.cli import add_engine_options
+
     inputs_help = ("feature files (stormguard features), record files (stormguard replay; .parquet/.csv), or raw "
                    "captures, logs and folders (replayed first)")
     p = subparsers.add_parser(
@@ -496,4 +523,5 @@ def register_behaviour(subparsers: Any) -> None:
     p.add_argument("--explain", action="store_true",
                    help="add an 'explain' column: each client's top suspicious request-content signals with values")
     _data_args(p, defaults_from_bundle=True)
+    add_engine_options(p, partitions=True)
     p.set_defaults(func=cmd_score)
