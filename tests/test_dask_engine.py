@@ -27,6 +27,7 @@ from stormguard.features.distributed.cluster import dask_client  # noqa: E402
 from stormguard.features.distributed.replay import replay_dask  # noqa: E402
 from stormguard.features.distributed.windows import features_dask  # noqa: E402
 from stormguard.features.replay import replay_to_file  # noqa: E402
+from stormguard.models.train import features_from_records, load_model  # noqa: E402
 
 from stormguard.report import ReplayStats  # noqa: E402
 from stormguard.schema import read_records  # noqa: E402
@@ -45,6 +46,16 @@ def _multiset(frame: pd.DataFrame) -> collections.Counter[str]:
 
 def _sorted_features(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["key", "window_start"], kind="stable").reset_index(drop=True)
+
+
+def _comparable(frame: pd.DataFrame, *more_keys: str) -> pd.DataFrame:
+    """Text-like columns (categoricals included: a dataset's parts each have their own categories) as strings,
+    rows in (key, window, ...) order."""
+    out = frame.copy()
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].astype("string")
+    return out.sort_values(["key", "window_start", *more_keys], kind="stable").reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +144,11 @@ def test_damaged_inputs_are_reported_as_locally(corpus: Path, client: Client, tm
     assert _multiset(records) == _multiset(read_records(tmp_path / "local.parquet"))
 
 
-def test_cli_replay_and_features_on_a_scheduler(corpus: Path, scheduler_address: str, tmp_path: Path,
+def test_cli_replay_features_score_on_a_scheduler(corpus: Path, scheduler_address: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """``stormguard replay|features --engine dask --scheduler ADDRESS``: the scheduler and dashboard are named,
-    the summary printed; the feature dataset equals the local engine's features of the same records (which the
-    local engine reads from the dataset folder)."""
+    """``stormguard replay|features|score --engine dask --scheduler ADDRESS``: the scheduler and dashboard are
+    named, the summary printed; the feature dataset equals the local engine's features of the same records (which
+    the local engine reads from the dataset folder), and the score dataset the local engine's scores."""
     from stormguard.cli import main
 
     records = tmp_path / "records.parquet"
@@ -156,6 +167,18 @@ def test_cli_replay_and_features_on_a_scheduler(corpus: Path, scheduler_address:
     got, want = read_features(features), read_features(tmp_path / "local.parquet")
     assert len(want) > 50
     pd.testing.assert_frame_equal(_sorted_features(got), _sorted_features(want), check_exact=False, rtol=1e-12)
+    # scores: the bundled model, its key and window; equal to the local engine's, row for row
+    model_path = Path(__file__).resolve().parent.parent / "data" / "default-model.skops"
+    scores = tmp_path / "scores.parquet"
+    assert main(["score", str(model_path), str(records), *dask_opts, "-o", str(scores)]) == 0
+    assert "(dataset)" in capsys.readouterr().out
+    model, bundle = load_model(model_path)
+    want = model.score_frame(features_from_records(read_records(records), key=bundle.metrics["key"],
+                                                   window=bundle.metrics.get("window") or None))
+    got = pd.read_parquet(scores)
+    assert len(want) > 50
+    pd.testing.assert_frame_equal(_comparable(got, "source_kind"), _comparable(want, "source_kind"),
+                                  check_exact=False, rtol=1e-12)
     # a dataset is a folder of Parquet parts: CSV is refused, and so is replacing a folder that is not a dataset
     assert main(["replay", str(corpus / "logs"), *dask_opts, "-o", str(tmp_path / "r.csv")]) == 2
     assert "must end in .parquet" in capsys.readouterr().err

@@ -18,9 +18,9 @@ def add_engine_options(p: argparse.ArgumentParser, *, split: bool = False, parti
                    help="dask engine: the scheduler to use (e.g. tcp://dask-scheduler:8786); default: start a local "
                         "cluster sized to this machine")
     if split:
-        p.add_argument("--split-mb", type=float, default=64.0, metavar="MB",
+        p.add_argument("--split-mb", type=float, default=16.0, metavar="MB",
                        help="dask engine: files at least this large are read as several tasks (logs in byte "
-                            "ranges on line boundaries, captures in flow shares); default 64")
+                            "ranges on line boundaries, captures in flow shares); default 16")
     if partitions:
         p.add_argument("--partitions", type=int, default=None, metavar="N",
                        help="dask engine: partitions of the shuffle by client key (default: from the records' "

@@ -45,9 +45,16 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
     if scheduler:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT)
     else:
-        cluster = LocalCluster(n_workers=n_workers or default_jobs(), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=dashboard, memory_limit=memory_limit,
-                               silence_logs=logging.ERROR)
+        import dask
+
+        # Tasks stream their records to Parquet and hand back only counts, so there is nothing for a worker to
+        # spill, and pausing one (at 80 % of its limit, which the ~130 MB of imported libraries reach quickly
+        # under a small limit) would only stall it; a worker that really passes its limit is still restarted at
+        # 95 % and its task reported as failed.
+        with dask.config.set({"distributed.worker.memory.pause": False}):
+            cluster = LocalCluster(n_workers=n_workers or default_jobs(), threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=dashboard, memory_limit=memory_limit,
+                                   silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         if report:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 #: Files at least this large are split (logs into byte ranges, captures into flow shares).
-SPLIT_BYTES = 64 << 20
+SPLIT_BYTES = 16 << 20
 #: Rows per record batch inside a task (bounds a worker's memory, whatever the file size).
 TASK_BATCH_ROWS = 8192
 #: Worker count from which a large capture is read in flow shares (see the module docstring).
@@ -141,14 +141,15 @@ def read_task(task: ReadTask, folder: str, log_format: str, log_fields: Mapping[
         if task.span is not None:
             import pyarrow as pa
             import pyarrow.compute as pc
-            from stormguard.features.logs.split import read_span_table
+            from stormguard.features.logs.split import iter_span_tables
 
             own = ReplayStats()
-            table = read_span_table(Path(task.path), task.span, task.fmt or "auto", dict(log_fields or {}), own)
-            if line_offset and table.num_rows:
-                i = table.schema.get_field_index("line")
-                table = table.set_column(i, "line", pc.add(table.column(i), pa.scalar(line_offset, pa.int64())))
-            writer.write_table(table)
+            for table in iter_span_tables(Path(task.path), task.span, task.fmt or "auto", dict(log_fields or {}),
+                                          own, batch_rows=TASK_BATCH_ROWS):
+                if line_offset and table.num_rows:
+                    i = table.schema.get_field_index("line")
+                    table = table.set_column(i, "line", pc.add(table.column(i), pa.scalar(line_offset, pa.int64())))
+                writer.write_table(table)
             stats.merge(own, line_offset=line_offset)
         elif task.share is not None:
             _read_share(task, stats, writer)
