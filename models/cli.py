@@ -250,6 +250,7 @@ def _tier_counts(scores: Any) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Inputs → feature table → ReputationModel → bundle; progress on stderr, summary on stdout."""
+    from stormguard.features.distributed.cli import check_engine
     from stormguard.models.behaviour import evidence_floor_share
     from stormguard.models.train import read_labels, save_model, train_model
 
@@ -258,8 +259,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = load_config(args.config)
     window = _window(args.window)
-    features = _load_data(args, started, args.key, window)
     labels = read_labels(args.labels) if args.labels else None
+    sample_info: dict[str, Any] = {}
+    if check_engine(args):
+        features, sample_info = _train_sample_on_dask(args, window, labels, started)
+    else:
+        features = _load_data(args, started, args.key, window)
     if labels is not None:
         hit = features["key"].astype("object").isin(labels.keys())
         _say(f"labels: {len(labels):,} keys, {int(hit.sum()):,} of {len(features):,} clients labelled", started)
@@ -285,6 +290,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "anomaly_p_low": evidence_floor_share(args.prior_bad), "ua_model": bool(ua_model is not None),
         "ja3_lists": {"bad": len(bad), "known": len(known)},
     }
+    if sample_info:  # trained on the cluster: which rows the models saw
+        metrics.update(engine="dask", **sample_info)
     if labels is not None:
         from stormguard.models.evaluate import evaluate_scores
         from stormguard.models.train import label_vector
@@ -365,6 +372,35 @@ def cmd_score(args: argparse.Namespace) -> int:
                             if c in worst]],
                      args.show)
     return 0
+
+
+def _train_sample_on_dask(args: argparse.Namespace, window: float | None, labels: Any, started: float
+                          ) -> tuple[Any, dict[str, Any]]:
+    """``train --engine dask``: features of one Parquet record file or dataset on the cluster (into a scratch
+    dataset beside the bundle, removed afterwards), and a stratified sample of ``--sample-rows`` of them."""
+    import shutil
+    import tempfile
+
+    from stormguard.features.distributed.cluster import dask_client
+    from stormguard.models.distributed import stratified_training_sample
+
+    if len(args.data) != 1 or Path(args.data[0]).suffix.lower() not in {".parquet", ".pq"}:
+        raise ValueError("--engine dask trains on one Parquet record file or dataset (write it with "
+                         "'stormguard replay --engine dask')")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with dask_client(args.scheduler) as client:
+            sample, info = stratified_training_sample(
+                client, args.data[0], scratch / "features.parquet", size=args.sample_rows, key=args.key,
+                window=window, labels=labels, seed=args.seed, partitions=args.partitions,
+                show_progress=None if not getattr(args, "no_progress", False) else False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _say(f"features: {info['population_rows']:,} clients on the cluster (key={args.key}, window="
+         f"{window or 'whole input'}); training on {info['training_set']}: {info['sample_rows']:,} rows", started)
+    return sample, info
 
 
 def _score_on_dask(args: argparse.Namespace, model: Any, key: str, window: float | None, started: float) -> Any:
@@ -488,6 +524,11 @@ def register_behaviour(subparsers: Any) -> None:
                    help="source kinds with fewer clients use the pooled model (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     _data_args(p, defaults_from_bundle=False)
+    add_engine_options(p, partitions=True)
+    p.add_argument("--sample-rows", type=int, default=200_000, metavar="N",
+                   help="dask engine: features of every client are computed on the cluster; the models train on a "
+                        "stratified sample of at most N of them (by source kind and label; the bundle records it). "
+                        "Default 200000")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
