@@ -188,3 +188,38 @@ def test_cli_replay_features_score_on_a_scheduler(corpus: Path, scheduler_addres
     assert (tmp_path / "other.parquet" / "keep.txt").exists()
     with pytest.raises(SystemExit):
         main(["features", str(records), "--scheduler", scheduler_address, "-o", str(tmp_path / "x.parquet")])
+
+
+def test_training_sample_on_a_scheduler(corpus: Path, scheduler_address: str, tmp_path: Path) -> None:
+    """``train --engine dask``: the training features computed on the cluster are the local engine's; a sample
+    that holds them all is "all rows"; a smaller one is stratified by source kind (each kind its proportional
+    share), repeatable with the same seed, and made of the local engine's rows."""
+    from stormguard.models.distributed import _strata, stratified_training_sample
+
+    records = tmp_path / "records.parquet"
+    replay_to_file([corpus / "logs", corpus / "pcap" / "foxio-ja4"], records, ReplayStats(), show_progress=False,
+                   background=False, jobs=1)
+    want = features_from_records(read_records(records), key="src_ip", window=None)
+    with Client(scheduler_address, timeout=60) as client:
+        whole, info = stratified_training_sample(client, records, tmp_path / "f1.parquet", size=10**6,
+                                                 show_progress=False)
+        assert info["training_set"] == "all rows" and info["population_rows"] == len(want) == len(whole) > 500
+        pd.testing.assert_frame_equal(_comparable(whole, "source_kind"), _comparable(want, "source_kind"),
+                                      check_exact=False, rtol=1e-12)
+        sample, info = stratified_training_sample(client, records, tmp_path / "f2.parquet", size=200, seed=7,
+                                                  show_progress=False)
+    assert info["training_set"] == "stratified sample" and 195 <= len(sample) <= 205
+    kinds = want["source_kind"].value_counts()
+    assert set(info["strata"]) == set(kinds.index) and len(kinds) >= 2
+    for kind, n in kinds.items():
+        share = info["strata"][kind]
+        assert share["population"] == n and share["sample"] == max(1, round(200 * n / len(want)))
+        assert (sample["source_kind"] == kind).sum() == share["sample"]
+    # the draw is fixed by key, window and seed, whatever partition a row is in: the same sample every time
+    draws = _strata(want, None, 7)["_draw"]
+    halves = pd.concat([_strata(want.iloc[:300], None, 7), _strata(want.iloc[300:], None, 7)])["_draw"]
+    assert draws.tolist() == halves.tolist() and draws.between(0, 1).all() and draws.nunique() > 0.99 * len(want)
+    assert _strata(want, None, 8)["_draw"].tolist() != draws.tolist()
+    rows = _comparable(want, "source_kind").set_index(["key", "window_start", "source_kind"])
+    picked = _comparable(sample, "source_kind").set_index(["key", "window_start", "source_kind"])
+    assert picked.index.isin(rows.index).all()
