@@ -223,3 +223,32 @@ def test_training_sample_on_a_scheduler(corpus: Path, scheduler_address: str, tm
     rows = _comparable(want, "source_kind").set_index(["key", "window_start", "source_kind"])
     picked = _comparable(sample, "source_kind").set_index(["key", "window_start", "source_kind"])
     assert picked.index.isin(rows.index).all()
+
+
+def test_a_failed_task_is_reported_and_the_rest_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that fails on its worker (here: its reader raises MemoryError, as a worker out of memory would) is
+    reported with its file and counted; the other files' records are written. (An in-process cluster, so the
+    failure can be injected.)"""
+    import stormguard.features.replay as local_replay
+    from distributed import LocalCluster
+
+    line = '198.51.100.{n} - - [10/Oct/2024:13:55:{s:02d} +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8.0"\n'
+    for name in ("a.log", "b.log"):
+        (tmp_path / name).write_text("".join(line.format(n=i, s=i % 60) for i in range(50)))
+    real = local_replay.iter_chunks
+
+    def failing(inputs: list[str], *args: Any, **kw: Any) -> Any:
+        if str(inputs[0]).endswith("b.log"):
+            raise MemoryError("injected: worker out of memory")
+        return real(inputs, *args, **kw)
+
+    monkeypatch.setattr(local_replay, "iter_chunks", failing)
+    stats = ReplayStats()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as c:
+        rows = replay_dask(c, [tmp_path / "a.log", tmp_path / "b.log"], tmp_path / "out.parquet", stats,
+                           show_progress=False)
+    assert rows == 50 == len(read_records(tmp_path / "out.parquet"))
+    assert stats.skipped["dask task failed"] == 1
+    [problem] = [p for p in stats.problems if "dask task" in p.message]
+    assert problem.file.endswith("b.log") and "MemoryError" in problem.message and "missing" in problem.message
