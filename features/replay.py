@@ -63,6 +63,21 @@ def read_file(path: Path, stats: ReplayStats, *, log_format: str = "auto",
             yield item
 
 
+def sniff_or_refuse(path: Path, stats: ReplayStats) -> str | None:
+    """The input kind of ``path`` (:func:`~.sniff.sniff`), or ``None`` after counting and reporting the refusal
+    (unreadable, or neither a capture nor a log)."""
+    try:
+        kind = sniff(path)
+    except OSError as exc:
+        stats.files_refused += 1
+        stats.warn(str(path), f"cannot read: {exc.strerror or exc}", reason="unreadable file")
+        return None
+    if kind is None:
+        stats.files_refused += 1
+        stats.warn(str(path), f"refused: {describe_refusal(path)}", reason="not a capture or log")
+    return kind
+
+
 def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto",
                      log_fields: Mapping[str, str] | None = None, progress: Progress | None = None,
                      jobs: int = 1, spill_dir: str | None = None
@@ -72,15 +87,8 @@ def read_file_chunks(path: Path, stats: ReplayStats, *, log_format: str = "auto"
     ``jobs`` ≥ 3, a large capture is read by that many processes, each taking a share of the flows
     (:mod:`.capsplit`); with ``jobs`` > 1, a large line-oriented log is parsed by that many processes by byte range and comes as
     :class:`~.logsplit.TablePart` objects (Arrow tables, in file order; see :mod:`.logsplit`)."""
-    try:
-        kind = sniff(path)
-    except OSError as exc:
-        stats.files_refused += 1
-        stats.warn(str(path), f"cannot read: {exc.strerror or exc}", reason="unreadable file")
-        return
+    kind = sniff_or_refuse(path, stats)
     if kind is None:
-        stats.files_refused += 1
-        stats.warn(str(path), f"refused: {describe_refusal(path)}", reason="not a capture or log")
         return
     stats.files += 1
     rows: Iterable[dict[str, Any] | ColumnBatch]

@@ -250,6 +250,7 @@ def _tier_counts(scores: Any) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Inputs → feature table → ReputationModel → bundle; progress on stderr, summary on stdout."""
+    from stormguard.features.distributed.cli import check_engine
     from stormguard.models.behaviour import evidence_floor_share
     from stormguard.models.train import read_labels, save_model, train_model
 
@@ -258,8 +259,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = load_config(args.config)
     window = _window(args.window)
-    features = _load_data(args, started, args.key, window)
     labels = read_labels(args.labels) if args.labels else None
+    sample_info: dict[str, Any] = {}
+    if check_engine(args):
+        features, sample_info = _train_sample_on_dask(args, window, labels, started)
+    else:
+        features = _load_data(args, started, args.key, window)
     if labels is not None:
         hit = features["key"].astype("object").isin(labels.keys())
         _say(f"labels: {len(labels):,} keys, {int(hit.sum()):,} of {len(features):,} clients labelled", started)
@@ -285,6 +290,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "anomaly_p_low": evidence_floor_share(args.prior_bad), "ua_model": bool(ua_model is not None),
         "ja3_lists": {"bad": len(bad), "known": len(known)},
     }
+    if sample_info:  # trained on the cluster: which rows the models saw
+        metrics.update(engine="dask", **sample_info)
     if labels is not None:
         from stormguard.models.evaluate import evaluate_scores
         from stormguard.models.train import label_vector
@@ -325,23 +332,28 @@ def _data_key_window(args: argparse.Namespace, bundle: Any) -> tuple[str, float 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score every client of DATA; write a CSV/Parquet and/or load the scores into a reputation store."""
+    from stormguard.features.distributed.cli import check_engine
+
     started = time.perf_counter()
     if not args.output and not args.store:
         raise ValueError("nothing to do: give -o SCORES (.csv/.parquet) and/or --store URL")
     model, bundle = _load_scorer(args, started)
     key, window = _data_key_window(args, bundle)
-    features = _load_data(args, started, key, window)
-    t0 = time.perf_counter()
-    scores = model.score_frame(features)
-    dt = time.perf_counter() - t0
-    _say(f"scored {len(scores):,} clients in {dt:.2f} s", started)
-    if args.explain:
-        from stormguard.models.content import explain_signals
+    if check_engine(args):
+        scores = _score_on_dask(args, model, key, window, started)
+    else:
+        features = _load_data(args, started, key, window)
+        t0 = time.perf_counter()
+        scores = model.score_frame(features)
+        dt = time.perf_counter() - t0
+        _say(f"scored {len(scores):,} clients in {dt:.2f} s", started)
+        if args.explain:
+            from stormguard.models.content import explain_signals
 
-        scores["explain"] = explain_signals(features)
-    if args.output:
-        _write_table(scores, Path(args.output))
-        print(f"scores: {len(scores):,} -> {args.output}")
+            scores["explain"] = explain_signals(features)
+        if args.output:
+            _write_table(scores, Path(args.output))
+            print(f"scores: {len(scores):,} -> {args.output}")
     if args.store:
         from stormguard.scoring.batch import fill_store
         from stormguard.scoring.stores import open_store
@@ -360,6 +372,55 @@ def cmd_score(args: argparse.Namespace) -> int:
                             if c in worst]],
                      args.show)
     return 0
+
+
+def _train_sample_on_dask(args: argparse.Namespace, window: float | None, labels: Any, started: float
+                          ) -> tuple[Any, dict[str, Any]]:
+    """``train --engine dask``: features of one Parquet record file or dataset on the cluster (into a scratch
+    dataset beside the bundle, removed afterwards), and a stratified sample of ``--sample-rows`` of them."""
+    import shutil
+    import tempfile
+
+    from stormguard.features.distributed.cluster import dask_client
+    from stormguard.models.distributed import stratified_training_sample
+
+    if len(args.data) != 1 or Path(args.data[0]).suffix.lower() not in {".parquet", ".pq"}:
+        raise ValueError("--engine dask trains on one Parquet record file or dataset (write it with "
+                         "'stormguard replay --engine dask')")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with dask_client(args.scheduler) as client:
+            sample, info = stratified_training_sample(
+                client, args.data[0], scratch / "features.parquet", size=args.sample_rows, key=args.key,
+                window=window, labels=labels, seed=args.seed, partitions=args.partitions,
+                show_progress=None if not getattr(args, "no_progress", False) else False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _say(f"features: {info['population_rows']:,} clients on the cluster (key={args.key}, window="
+         f"{window or 'whole input'}); training on {info['training_set']}: {info['sample_rows']:,} rows", started)
+    return sample, info
+
+
+def _score_on_dask(args: argparse.Namespace, model: Any, key: str, window: float | None, started: float) -> Any:
+    """``score --engine dask``: one Parquet record file or dataset → a score dataset (``-o``), read back for the
+    store and the summary."""
+    import pandas as pd
+    from stormguard.features.distributed.cluster import dask_client
+    from stormguard.models.distributed import score_dask
+
+    if len(args.data) != 1 or Path(args.data[0]).suffix.lower() not in {".parquet", ".pq"}:
+        raise ValueError("--engine dask scores one Parquet record file or dataset (write it with "
+                         "'stormguard replay --engine dask')")
+    if not args.output:
+        raise ValueError("--engine dask writes a score dataset: give -o SCORES.parquet")
+    with dask_client(args.scheduler) as client:
+        n = score_dask(client, args.data[0], args.output, model, key=key, window=window, partitions=args.partitions,
+                       explain=args.explain, show_progress=None if not getattr(args, "no_progress", False) else False)
+    _say(f"scored {n:,} clients on the cluster (key={key}, window={window or 'whole input'})", started)
+    print(f"scores: {n:,} -> {args.output} (dataset)")
+    return pd.read_parquet(args.output)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -431,6 +492,8 @@ def _data_args(p: argparse.ArgumentParser, defaults_from_bundle: bool) -> None:
 
 def register_behaviour(subparsers: Any) -> None:
     """``train``, ``evaluate`` and ``score``: the behaviour scorer."""
+    from stormguard.features.distributed.cli import add_engine_options
+
     inputs_help = ("feature files (stormguard features), record files (stormguard replay; .parquet/.csv), or raw "
                    "captures, logs and folders (replayed first)")
     p = subparsers.add_parser(
@@ -461,6 +524,11 @@ def register_behaviour(subparsers: Any) -> None:
                    help="source kinds with fewer clients use the pooled model (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     _data_args(p, defaults_from_bundle=False)
+    add_engine_options(p, partitions=True)
+    p.add_argument("--sample-rows", type=int, default=200_000, metavar="N",
+                   help="dask engine: features of every client are computed on the cluster; the models train on a "
+                        "stratified sample of at most N of them (by source kind and label; the bundle records it). "
+                        "Default 200000")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -496,4 +564,5 @@ def register_behaviour(subparsers: Any) -> None:
     p.add_argument("--explain", action="store_true",
                    help="add an 'explain' column: each client's top suspicious request-content signals with values")
     _data_args(p, defaults_from_bundle=True)
+    add_engine_options(p, partitions=True)
     p.set_defaults(func=cmd_score)

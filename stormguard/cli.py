@@ -54,17 +54,27 @@ def _report(stats: ReplayStats, started: float, verbose: bool) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from stormguard.features.distributed.cli import check_engine
     from stormguard.features.replay import replay_to_file
 
     out = Path(args.output)
     _check_output(out)
     started = time.perf_counter()
     stats = ReplayStats()
-    rows = replay_to_file(args.inputs, out, stats, log_format=args.log_format,
-                          log_fields=_parse_fields(args.log_field),
-                          show_progress=None if not args.no_progress else False, jobs=args.jobs)
+    if check_engine(args):
+        from stormguard.features.distributed.cli import replay_on_dask
+
+        rows = replay_on_dask(args, out, stats, _parse_fields(args.log_field))
+    else:
+        rows = replay_to_file(args.inputs, out, stats, log_format=args.log_format,
+                              log_fields=_parse_fields(args.log_field),
+                              show_progress=None if not args.no_progress else False, jobs=args.jobs)
     _report(stats, started, args.verbose)
     if stats.files == 0:
+        if out.is_dir():  # a dataset of the dask engine
+            import shutil
+
+            shutil.rmtree(out)
         out.unlink(missing_ok=True)  # no output is better than an empty table that looks like a result
         print("stormguard replay: no readable input (no output written)", file=sys.stderr)
         return 2
@@ -74,10 +84,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from stormguard.features.clients.windows import build_features
+    from stormguard.features.distributed.cli import check_engine
 
     out = Path(args.output)
     _check_output(out)
     window = None if args.window in (0, None) else float(args.window)
+    if check_engine(args):
+        from stormguard.features.distributed.cli import features_on_dask
+
+        rows = features_on_dask(args, out, window)
+        print(f"wrote {rows} feature vectors to the dataset {out}", file=sys.stderr)
+        return 0
     frame = build_features(Path(args.records), out, key=args.key, window=window)
     print(f"wrote {len(frame)} feature vectors ({frame.shape[1]} columns) to {out}", file=sys.stderr)
     return 0
@@ -187,9 +204,14 @@ def _score_into_store(records: object, model_path: Path, out_dir: Path, store_ur
 EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("replay",): ("stormguard replay data/sample.pcap -o out/records.parquet",
                   "stormguard replay capture.pcapng /var/log/nginx/access.log -o out/records.csv --jobs 2",
-                  "stormguard replay app.jsonl --log-field src_ip=client -o out/app.parquet"),
+                  "stormguard replay app.jsonl --log-field src_ip=client -o out/app.parquet",
+                  "stormguard replay captures/ logs/ --engine dask -o out/records.parquet",
+                  "stormguard replay logs/ --engine dask --scheduler tcp://127.0.0.1:8786 --split-mb 128 "
+                  "-o out/records.parquet"),
     ("features",): ("stormguard features out/records.parquet -o out/features.parquet",
-                    "stormguard features out/records.parquet --key ip_ja3 --window 60 -o out/f.csv"),
+                    "stormguard features out/records.parquet --key ip_ja3 --window 60 -o out/f.csv",
+                    "stormguard features out/records.parquet --engine dask --scheduler tcp://127.0.0.1:8786 "
+                    "-o out/features.parquet"),
     ("pipeline",): ("stormguard pipeline",
                     "stormguard pipeline access.log --out-dir out/ --store redis://127.0.0.1:6379/0"),
     ("serve",): ("STORMGUARD_PUBLISH_TOKEN=secret stormguard serve --port 8000",
@@ -202,10 +224,12 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                             "stormguard reputation top -n 20 --best --json --store redis://127.0.0.1:6379/0"),
     ("reputation", "load"): ("stormguard reputation load scores.csv --store redis://127.0.0.1:6379/0",),
     ("train",): ("stormguard train out/records.parquet -o model.skops",
+                 "stormguard train out/records.parquet --engine dask --sample-rows 100000 -o model.skops",
                  "stormguard train logs/ --log-format iliou --key session --labels annotations/ -o model.skops"),
     ("evaluate",): ("stormguard evaluate model.skops logs/ --labels annotations/ --plot eval.svg",),
     ("score",): ("stormguard score data/default-model.skops access.log -o scores.csv",
-                 "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0"),
+                 "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0",
+                 "stormguard score model.skops out/records.parquet --engine dask -o out/scores.parquet"),
     ("ua", "train"): ("stormguard ua train ../shared/corpus/ua/ua_dev.csv -o ua.skops --cv",),
     ("ua", "score"): ("stormguard ua score ua.skops uas.csv -o uas-scored.csv",),
     ("proxy",): ("stormguard proxy --upstream http://127.0.0.1:9000 --port 8080",
@@ -243,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"stormguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    from stormguard.features.distributed.cli import add_engine_options
 
     p = sub.add_parser(
         "replay", help="captures and logs -> one row per connection (JA3/JA4, SNI, ALPN, HTTP headers)",
@@ -261,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                    help="worker processes for large inputs (default: the CPUs available; 1 = this process only)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every located problem, not the first 20")
+    add_engine_options(p, split=True)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
@@ -275,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="client key: src_ip (default), ip_ua, ip_ja3, or any record column (e.g. session)")
     p.add_argument("--window", type=float, default=300.0,
                    help="window length in seconds (default 300; 0 = the whole input as one window)")
+    add_engine_options(p, partitions=True)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(

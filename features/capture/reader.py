@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from struct import Struct
 from typing import Any
+from zlib import crc32
 
 from stormguard.features.capture.dtls import DtlsTracker, looks_like_dtls_handshake
 from stormguard.features.capture.files import iter_packets
@@ -98,7 +99,8 @@ class CaptureReader:
     """:func:`read_capture` as an object, for readers that split a capture between processes.
 
     ``shard=(k, n)`` keeps only the flows whose endpoints hash to ``k`` of ``n`` (both directions of a flow, and
-    every fragment and tunnel layer of it, land in the same share: the hash is over the innermost addresses).
+    every fragment and tunnel layer of it, land in the same share: the hash is CRC-32 over the innermost addresses,
+    the same in every process, so shares read on different machines still partition the flows).
     Each of the ``n`` readers still walks every packet, so that idle sweeps happen at the same packets as in a
     whole read; only shard 0 counts packet-level figures (packets, undecodable packets, fragments, damage of the
     file), every shard counts its own flows. With ``marks``, iteration also yields ``None`` every 1,024 packets,
@@ -245,7 +247,7 @@ class _Capture:
             try:
                 if proto != 6 and proto != 17:
                     not_used += 1
-                elif shard_n and (hash(src) ^ hash(dst)) % shard_n != shard_k:
+                elif shard_n and (crc32(src) ^ crc32(dst)) % shard_n != shard_k:
                     pass  # another reader's share of the flows
                 elif proto == 6:
                     half = flows.get(key)

@@ -10,8 +10,8 @@ The parent merges the shares back into one stream: every row carries the frame n
 released it, readers also report the frame they have reached every 1,024 packets, and rows are passed on in
 (frame, share) order as soon as every reader is past that frame — so the order is deterministic, memory holds
 only the rows of the lag between readers, and a share with no rows at all never holds the others back. Counts add
-up to a whole read: packet-level figures come from share 0 only. The flow hash uses Python's ``hash`` of the
-address bytes, the same in every reader because they are forked from one process (never spawned).
+up to a whole read: packet-level figures come from share 0 only. The flow hash is CRC-32 of the
+address bytes, the same in every process (the Dask engine reads shares on other machines).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pandas as pd
 from stormguard.features.clients import content as fc
 from stormguard.features.clients import vector as fv
 
-__all__ = ["client_features", "build_features", "features_frame", "write_features", "read_features"]
+__all__ = ["client_features", "client_keys", "build_features", "features_frame", "write_features", "read_features"]
 
 
 def _column(records: pd.DataFrame, name: str) -> pd.Series:
@@ -336,7 +336,8 @@ def write_features(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_features(path: str | Path) -> pd.DataFrame:
-    """Read a file written by :func:`write_features` back with the declared dtypes.
+    """Read a file written by :func:`write_features` (or a folder of them, as ``--engine dask`` writes) back with
+    the declared dtypes.
 
     A Parquet file written under another :data:`vector.FEATURE_SCHEMA_VERSION` is refused (its columns may mean
     something else); CSV carries no version, so only its columns are checked."""
@@ -345,7 +346,8 @@ def read_features(path: str | Path) -> pd.DataFrame:
     if suffix in {".parquet", ".pq"}:
         import pyarrow.parquet as pq
 
-        meta = pq.read_schema(path).metadata or {}
+        parts = sorted(path.glob("*.parquet")) if path.is_dir() else [path]  # a dataset folder: its parts
+        meta = (pq.read_schema(parts[0]).metadata if parts else None) or {}
         version = meta.get(b"stormguard.feature_schema")
         if version is not None and version.decode() != str(fv.FEATURE_SCHEMA_VERSION):
             raise ValueError(f"{path}: feature schema {version.decode()}, this code reads "
@@ -373,3 +375,11 @@ def build_features(records_path: str | Path, out_path: str | Path | None, key: s
         write_features(features, out_path)
     return features
 
+
+
+def client_keys(records: pd.DataFrame, key: str = "src_ip") -> pd.Series:
+    """Each record's client ``key`` as the text :func:`client_features` groups by (null where it has none): what
+    a distributed engine partitions records by, so every record of a client meets in one partition."""
+    coded = _key_codes(records, key)
+    texts = np.append(coded.uniques, None).astype(object)[coded.codes]  # code -1 picks the trailing None
+    return pd.Series(texts, index=records.index, dtype="string")

@@ -162,37 +162,57 @@ def _worker_init() -> None:
     lean_arrow()  # Arrow conversion only: no pandas (nor numpy while pyarrow loads) in every worker
 
 
-def _read_span(task: tuple[str, tuple[int, int], Any, dict[str, str], str | None]
-               ) -> tuple[bytes | None, str | None, int, ReplayStats]:
-    """Worker: one range → (Arrow IPC stream of its records, or the file it was written to; row count; its
-    stats with span-relative line numbers)."""
-    import pyarrow as pa
+def iter_span_tables(path: Path, span: tuple[int, int], fmt: str | re.Pattern[str], fields: Mapping[str, str],
+                     stats: ReplayStats, batch_rows: int = 65536) -> Iterator[pa.Table]:
+    """The records of the lines in bytes ``span`` of the log at ``path`` (format resolved, not ``"auto"``) as Arrow
+    record tables of up to about ``batch_rows`` rows, in line order; line numbers (in the tables and in ``stats``)
+    count from the span's first line. A reader error is reported (with the range) and ends the range."""
     from stormguard.features.http.headers import finish_row
     from stormguard.features.logs.reader import read_log_chunks
 
-    from stormguard.schema import ColumnBatch, arrow_schema, records_table
+    from stormguard.schema import ColumnBatch, records_table
 
-    name, span, fmt, fields, target = task
-    path = Path(name)
-    stats = ReplayStats()
-    tables: list[pa.Table] = []
     rows: list[dict[str, Any]] = []
     try:
         for item in read_log_chunks(path, stats, fmt=fmt, fields=fields, span=span):
             if isinstance(item, ColumnBatch):
                 if rows:
-                    tables.append(records_table(rows))
+                    yield records_table(rows)
                     rows = []
-                tables.append(item.table())
+                yield item.table()
             else:
                 rows.append(finish_row(item))
+                if len(rows) >= batch_rows:
+                    yield records_table(rows)
+                    rows = []
     except Exception as exc:  # a reader bug: keep what was read, say where
         stats.warn(path.name, f"internal error while reading bytes {span[0]}-{span[1]} ({type(exc).__name__}: "
                    f"{exc}); records before it are kept, the rest of this range is skipped — please report this",
                    offset=span[0], reason="reader error")
     if rows:
-        tables.append(records_table(rows))
-    table = pa.concat_tables(tables) if tables else arrow_schema().empty_table()
+        yield records_table(rows)
+
+
+def read_span_table(path: Path, span: tuple[int, int], fmt: str | re.Pattern[str], fields: Mapping[str, str],
+                    stats: ReplayStats) -> pa.Table:
+    """:func:`iter_span_tables` as one table."""
+    import pyarrow as pa
+
+    from stormguard.schema import arrow_schema
+
+    tables = list(iter_span_tables(path, span, fmt, fields, stats))
+    return pa.concat_tables(tables) if tables else arrow_schema().empty_table()
+
+
+def _read_span(task: tuple[str, tuple[int, int], Any, dict[str, str], str | None]
+               ) -> tuple[bytes | None, str | None, int, ReplayStats]:
+    """Worker: one range → (Arrow IPC stream of its records, or the file it was written to; row count; its
+    stats with span-relative line numbers)."""
+    import pyarrow as pa
+
+    name, span, fmt, fields, target = task
+    stats = ReplayStats()
+    table = read_span_table(Path(name), span, fmt, fields, stats)
     if target is not None:
         try:
             with pa.OSFile(target, "wb") as out, pa.ipc.new_stream(out, table.schema) as writer:
