@@ -202,7 +202,10 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                             "stormguard reputation top -n 20 --best --json --store redis://127.0.0.1:6379/0"),
     ("reputation", "load"): ("stormguard reputation load scores.csv --store redis://127.0.0.1:6379/0",),
     ("train",): ("stormguard train out/records.parquet -o model.skops",
-                 "stormguard train logs/ --log-format iliou --key session --labels annotations/ -o model.skops"),
+                 "stormguard train logs/ --log-format iliou --key session --labels annotations/ -o model.skops",
+                 "stormguard train access.log --window 300 --labels labels.csv --content -o model.skops",
+                 "stormguard train access.log --window 300 --labels labels.csv --corpus ../shared/corpus "
+                 "-o model.skops"),
     ("evaluate",): ("stormguard evaluate model.skops logs/ --labels annotations/ --plot eval.svg",),
     ("score",): ("stormguard score data/default-model.skops access.log -o scores.csv",
                  "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0"),
