@@ -44,6 +44,9 @@ WINDOW_S = 300.0
 N_CLUSTERS = 4
 N_TREES = 50
 MAX_BYTES = 2_000_000
+#: The UA model's size: the smallest of the sizes tried (hash width 1,024, 8 SVD components, 8 clusters) keeps the
+#: bundle under 0.4 MB; the library default (2**17 hashed n-grams, 48 components) alone would weigh 8 MB.
+UA_PARAMS = {"n_features": 2**10, "n_components": 8, "n_clusters": 8}
 
 #: Source address → label, from the client cast of ``make_sample.py`` (1 abusive, 0 normal; absent = unlabelled).
 CAST: dict[str, float] = {
@@ -57,7 +60,8 @@ CAST: dict[str, float] = {
 }
 
 
-def build(output: Path = DEFAULT_OUTPUT, seed: int = 0, data_dir: Path = DATA_DIR, corpus: Path | None = None) -> Path:
+def build(output: Path = DEFAULT_OUTPUT, seed: int = 0, data_dir: Path = DATA_DIR, corpus: Path | None = None,
+          ua: bool = True) -> Path:
     from stormguard.models.behaviour import evidence_floor_share
     from stormguard.models.train import load_feature_table, save_model, train_model
 
@@ -74,12 +78,13 @@ def build(output: Path = DEFAULT_OUTPUT, seed: int = 0, data_dir: Path = DATA_DI
         model = train_model(features, CAST, config=config, n_clusters=N_CLUSTERS, n_estimators=N_TREES,
                             random_state=seed)
     else:
-        model, transfer = _corpus_model(features, corpus, config, seed)
+        model, transfer = _corpus_model(features, corpus, config, seed, _ua_model(corpus, seed) if ua else None)
     scores = model.score_frame(features)
     metrics = {
         "n_clients": len(features), "key": "src_ip", "window": WINDOW_S, "kinds": model.kind_counts_,
         "tiers": scores["tier"].value_counts().to_dict(), "prior_bad": 0.02,
-        "anomaly_p_low": evidence_floor_share(0.02), "ua_model": False, "ja3_lists": {"bad": 0, "known": 0},
+        "anomaly_p_low": evidence_floor_share(0.02), "ua_model": bool(ua and corpus is not None),
+        "ja3_lists": {"bad": 0, "known": 0},
         "n_labelled": int(features["key"].isin(CAST.keys()).sum()), "seed": seed,
         "trained_on": list(INPUTS) + (["corpus sources (stormguard.models.sources)"] if corpus else []),
         "generator": "data/make_model.py" + (" --corpus" if corpus else ""), "leave_one_source_out": transfer,
@@ -94,7 +99,19 @@ def build(output: Path = DEFAULT_OUTPUT, seed: int = 0, data_dir: Path = DATA_DI
     return out
 
 
-def _corpus_model(sample: object, corpus: Path, config: object, seed: int) -> tuple[object, dict[str, object]]:
+def _ua_model(corpus: Path, seed: int) -> object:
+    """The UA model of the default bundle: ``ua/ua_dev.csv`` of the corpus with :data:`UA_PARAMS`, as
+    ``stormguard ua train ../shared/corpus/ua/ua_dev.csv --features 1024 --components 8 --clusters 8``."""
+    import pandas as pd
+    from stormguard.models.ua import UAModel, as_bot_labels
+
+    frame = pd.read_csv(corpus / "ua" / "ua_dev.csv", dtype=str, keep_default_na=False, na_filter=False)
+    frame = frame[frame["label"].str.strip() != ""]
+    return UAModel(random_state=seed, **UA_PARAMS).fit(frame["user_agent"].tolist(), as_bot_labels(frame["label"]))
+
+
+def _corpus_model(sample: object, corpus: Path, config: object, seed: int,
+                  ua_model: object = None) -> tuple[object, dict[str, object]]:
     """Labelled corpus sources + the sample's cast → :func:`stormguard.models.combined.fit_combined`, exactly as
     ``stormguard train data/sample.pcap data/sample-access.log data/sample-access.jsonl --window 300 --clusters 4
     --trees 50 --labels CAST.csv --corpus CORPUS`` (``tests/test_train_content.py`` checks they agree): behaviour
@@ -118,7 +135,7 @@ def _corpus_model(sample: object, corpus: Path, config: object, seed: int) -> tu
 
     def make() -> ReputationModel:  # what ``stormguard train --content`` builds with --clusters 4 --trees 50
         return reputation_template(config=config, n_clusters=N_CLUSTERS, n_estimators=N_TREES, random_state=seed,
-                                   rules=True)
+                                   rules=True, ua_model=ua_model)
 
     model, metrics = fit_combined(sample, labels, rows, make, ContentClassifier(random_state=seed),  # type: ignore[arg-type]
                                   feature_sources=sources, progress=print)
@@ -133,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="bundle path (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random_state of every estimator (default 0)")
     ap.add_argument("--corpus", type=Path, help="train on the labelled corpus sources too (see the docstring)")
+    ap.add_argument("--no-ua", action="store_true", help="with --corpus: leave the UA model out (for comparison)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = build(args.output, args.seed, corpus=args.corpus)
+    out = build(args.output, args.seed, corpus=args.corpus, ua=not args.no_ua)
     print(f"saved {out} ({out.stat().st_size:,} bytes) in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -75,7 +75,7 @@ def cmd_ua_train(args: argparse.Namespace) -> int:
     if len(frame) == 0:
         raise ValueError(f"{src}: no rows to train on")
     print(counts)
-    params = {"n_clusters": args.clusters}
+    params = {"n_clusters": args.clusters, "n_features": args.features, "n_components": args.components}
     metrics: dict[str, Any] = {"n": len(frame)}
     if y is not None:
         metrics.update({"n_bots": int(y.sum()), "n_browsers": int((y == 0).sum())})
@@ -182,6 +182,9 @@ def register(subparsers: Any) -> None:
                         "metrics in the bundle")
     p.add_argument("--folds", type=int, default=5, help="folds for --cv (default 5)")
     p.add_argument("--clusters", type=int, default=24, help="number of UA clusters (default 24)")
+    p.add_argument("--features", type=int, default=2**17,
+                   help="hashed character n-gram width (default 131072; 1024 keeps the bundle small)")
+    p.add_argument("--components", type=int, default=48, help="SVD components of the clustering (default 48)")
     p.add_argument("--seed", type=int, default=0, help="random seed: same data and seed give the same model")
     p.add_argument("--column", default="user_agent", help="column holding the UAs (default user_agent)")
     p.add_argument("--no-labels", action="store_true", help="ignore a label column: fit clusters only")

@@ -209,7 +209,9 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("evaluate",): ("stormguard evaluate model.skops logs/ --labels annotations/ --plot eval.svg",),
     ("score",): ("stormguard score data/default-model.skops access.log -o scores.csv",
                  "stormguard score model.skops records.parquet --store redis://127.0.0.1:6379/0"),
-    ("ua", "train"): ("stormguard ua train ../shared/corpus/ua/ua_dev.csv -o ua.skops --cv",),
+    ("ua", "train"): ("stormguard ua train ../shared/corpus/ua/ua_dev.csv -o ua.skops --cv",
+                      "stormguard ua train ../shared/corpus/ua/ua_dev.csv --features 1024 --components 8 --clusters 8 "
+                      "-o ua-small.skops"),
     ("ua", "score"): ("stormguard ua score ua.skops uas.csv -o uas-scored.csv",),
     ("proxy",): ("stormguard proxy --upstream http://127.0.0.1:9000 --port 8080",
                   "stormguard proxy --upstream http://127.0.0.1:9000 --sse-path /stream --store redis://127.0.0.1:6379/0"),
