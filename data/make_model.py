@@ -15,8 +15,9 @@ Choices, and why:
   well-behaved curl, the urllib script and the IPv6 curl are normal; the client without a UA and the UA/TLS
   mismatch are left unlabelled (ambiguous on purpose). With both classes present the model also fits its
   calibrated classifier, which is what gives a model trained on 17 clients any discriminating power;
-- **small and deterministic**: ``random_state`` fixed, 4 clusters, 50 trees (the bundle stays far below 2 MB), no
-  UA model (the sample has too few distinct UAs to fit one). The bundle's manifest records the training-data
+- **small and deterministic**: ``random_state`` fixed, 4 clusters, 50 trees (the bundle stays far below 2 MB); no
+  UA model without ``--corpus`` (the sample has too few distinct UAs to fit one); with it, a small UA model fitted
+  on the corpus' ``ua/ua_dev.csv`` (``--no-ua`` leaves it out, for comparison). The bundle's manifest records the training-data
   fingerprint; the creation time and library versions are the only parts that differ between runs.
 
 Usage: ``python data/make_model.py [-o data/default-model.skops] [--seed 0]``. Takes a few seconds.
@@ -44,9 +45,6 @@ WINDOW_S = 300.0
 N_CLUSTERS = 4
 N_TREES = 50
 MAX_BYTES = 2_000_000
-#: The UA model's size: the smallest of the sizes tried (hash width 1,024, 8 SVD components, 8 clusters) keeps the
-#: bundle under 0.4 MB; the library default (2**17 hashed n-grams, 48 components) alone would weigh 8 MB.
-UA_PARAMS = {"n_features": 2**10, "n_components": 8, "n_clusters": 8}
 
 #: Source address → label, from the client cast of ``make_sample.py`` (1 abusive, 0 normal; absent = unlabelled).
 CAST: dict[str, float] = {
@@ -100,14 +98,16 @@ def build(output: Path = DEFAULT_OUTPUT, seed: int = 0, data_dir: Path = DATA_DI
 
 
 def _ua_model(corpus: Path, seed: int) -> object:
-    """The UA model of the default bundle: ``ua/ua_dev.csv`` of the corpus with :data:`UA_PARAMS`, as
-    ``stormguard ua train ../shared/corpus/ua/ua_dev.csv --features 1024 --components 8 --clusters 8``."""
+    """The UA model of the default bundle: ``ua/ua_dev.csv`` of the corpus with
+    :data:`stormguard.models.combined.DEFAULT_UA_PARAMS`, as ``stormguard ua train ../shared/corpus/ua/ua_dev.csv --features 1024 --components 8 --clusters 8``."""
     import pandas as pd
+    from stormguard.models.combined import DEFAULT_UA_PARAMS
     from stormguard.models.ua import UAModel, as_bot_labels
 
     frame = pd.read_csv(corpus / "ua" / "ua_dev.csv", dtype=str, keep_default_na=False, na_filter=False)
     frame = frame[frame["label"].str.strip() != ""]
-    return UAModel(random_state=seed, **UA_PARAMS).fit(frame["user_agent"].tolist(), as_bot_labels(frame["label"]))
+    model = UAModel(random_state=seed, **DEFAULT_UA_PARAMS)
+    return model.fit(frame["user_agent"].tolist(), as_bot_labels(frame["label"]))
 
 
 def _corpus_model(sample: object, corpus: Path, config: object, seed: int,

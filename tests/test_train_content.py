@@ -136,7 +136,8 @@ def test_train_corpus_is_the_default_recipe(corpus: Path, tmp_path: Path) -> Non
                     + "\n")
     by_cli = tmp_path / "cli.skops"
     ua = tmp_path / "ua.skops"
-    p = make_model.UA_PARAMS
+    from stormguard.models.combined import DEFAULT_UA_PARAMS as p
+
     assert main(["ua", "train", str(corpus / "ua" / "ua_dev.csv"), "--features", str(p["n_features"]),
                  "--components", str(p["n_components"]), "--clusters", str(p["n_clusters"]), "-o", str(ua)]) == 0
     sample = [str(ROOT / "data" / name) for name in make_model.INPUTS]
