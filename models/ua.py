@@ -419,7 +419,7 @@ class UAModel(_TakesUAStrings, ClassifierMixin, TransformerMixin, BaseEstimator)
             check_is_fitted(self, "features_")
             return np.empty((0, 3))
         if len(uas) <= FAST_MAX:  # live micro-batches: the same arithmetic without the pipelines' overhead
-            fast = fast_transform(self, uas)
+            fast = fast_transform(self, uas, normalize_ua)
             if fast is not None:
                 return fast
         vectors = self._vectors(uas)

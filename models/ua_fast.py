@@ -11,6 +11,7 @@ classifier), so the caller falls back to the pipelines.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,10 +69,9 @@ def _parts(model: Any) -> dict[str, Any] | None:
         return None
 
 
-def fast_transform(model: Any, uas: list[Any]) -> np.ndarray | None:
-    """``[cluster, distance, bot_probability]`` per UA as :meth:`UAModel.transform` computes it, or None."""
-    from stormguard.models.ua import normalize_ua
-
+def fast_transform(model: Any, uas: list[Any], normalize: Callable[[Any, int], str]) -> np.ndarray | None:
+    """``[cluster, distance, bot_probability]`` per UA as :meth:`UAModel.transform` computes it, or None.
+    ``normalize`` is :func:`stormguard.models.ua.normalize_ua` (passed in: this module does not import ``ua``)."""
     fitted = (getattr(model, "features_", None), getattr(model, "classifier_", None),
               getattr(model, "clusterer_", None))
     entry = _CACHE.get(model)
@@ -81,7 +81,7 @@ def fast_transform(model: Any, uas: list[Any]) -> np.ndarray | None:
     parts = entry[1]
     if parts is None:
         return None
-    docs = [normalize_ua(v, parts["max_chars"]) for v in uas]
+    docs = [normalize(v, parts["max_chars"]) for v in uas]
     # n-grams: hashed counts -> sublinear tf -> idf -> l2 rows (TfidfTransformer)
     counts = sparse.csr_matrix(parts["hash"].transform(docs), dtype=np.float64)
     counts.data = np.log(counts.data) + 1.0 if parts["tfidf"].sublinear_tf else counts.data

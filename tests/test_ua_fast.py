@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from stormguard.models.combined import DEFAULT_UA_PARAMS
-from stormguard.models.ua import UAModel, as_bot_labels
+from stormguard.models.ua import UAModel, as_bot_labels, normalize_ua
 from stormguard.models.ua_fast import FAST_MAX, fast_transform
 from test_ua_model import synthetic
 
@@ -38,7 +38,7 @@ def test_fast_path_agrees_with_pipelines() -> None:
     frame = synthetic()
     uas = frame["user_agent"].tolist() + HOSTILE
     model = UAModel(random_state=0, **DEFAULT_UA_PARAMS).fit(frame["user_agent"].tolist(), frame["label"])
-    assert fast_transform(model, uas[:3]) is not None  # the fast path really runs for this layout
+    assert fast_transform(model, uas[:3], normalize_ua) is not None  # the fast path really runs for this layout
     _agree(*_both_paths(model, uas))
     unlabelled = UAModel(random_state=0, **DEFAULT_UA_PARAMS).fit(frame["user_agent"].tolist())
     slow, fast = _both_paths(unlabelled, uas)
