@@ -95,7 +95,14 @@ def fit_combined(features: pd.DataFrame, y: np.ndarray | None, content_rows: pd.
     ``content``: the content estimator template (:class:`~stormguard.models.content.ContentClassifier`).
     ``feature_sources``: the ``source`` of each behaviour row that is also a content row (None: no overlap).
     """
-    from .transfer import KNOT_FLOOR_NATS, choose_knots, loso_result, nested_loso, signal_importance
+    from .transfer import (
+        KNOT_FLOOR_NATS,
+        choose_knots,
+        heldout_importance,
+        loso_result,
+        nested_loso,
+        signal_importance,
+    )
 
     say = progress or (lambda _m: None)
     sources = set(content_rows["source"].astype(str))
@@ -126,7 +133,8 @@ def fit_combined(features: pd.DataFrame, y: np.ndarray | None, content_rows: pd.
     base = behaviour_without(frozenset())
     mapping = base.mapping_
     floor = mapping.prior_logit_ + KNOT_FLOOR_NATS
-    oof = nested_loso(content_rows, make, floor, mapping, say)
+    models: dict[str, ReputationModel] = {}
+    oof = nested_loso(content_rows, make, floor, mapping, say, models)
     knots = choose_knots(oof.assign(log_odds=oof["log_odds_raw"]), floor)
     say("fitting the final model on every source")
     model = make(content_rows)
@@ -138,5 +146,6 @@ def fit_combined(features: pd.DataFrame, y: np.ndarray | None, content_rows: pd.
                     "origin_only": result["metrics_origin_only"],
                     "with_final_knots_optimistic": result["metrics_bundle_knots"],
                     "signal_importance_in_sample": result["importance_in_sample"],
+                    "signal_importance_held_out": heldout_importance(models, content_rows),
                     "sources": sorted(sources)})
     return model, metrics
