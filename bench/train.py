@@ -19,8 +19,9 @@ Rows printed (medians over ``--runs``):
 Issue 12 added request-content features and a content model (classifier + named rules): every row is printed for
 the **previous** model (behaviour models only, as trained above), the **content** model (the same model plus a
 content classifier fitted on the corpus' labelled sources, ``stormguard.models.sources``, and the rules) and the
-**content + UA** model (the default bundle's recipe: behaviour refitted with the small UA model of
-``stormguard.models.combined.DEFAULT_UA_PARAMS``, plus content and rules), each with its ratio to the previous
+**content + UA** model (the default bundle's recipe: behaviour refitted beside the small UA model of
+``stormguard.models.combined.DEFAULT_UA_PARAMS``, whose outputs are gated evidence, not behaviour inputs, plus
+content and rules), each with its ratio to the previous
 model measured in the same run, and
 ``features`` reports lines/s of the feature step (content features included; target >= 200,000 lines/s).
 
@@ -131,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     small_ua = UAModel(random_state=0, **DEFAULT_UA_PARAMS).fit(uas["user_agent"].tolist(),
                                                                  as_bot_labels(uas["label"]))
     t0 = time.perf_counter()
-    with_ua = _content_model(train_model(features, ua_model=small_ua, random_state=0), _corpus(args.corpus))
+    from stormguard.models.train import reputation_template
+
+    recipe = reputation_template(ua_model=small_ua, random_state=0, rules=True, ua_inputs=False)
+    with_ua = _content_model(recipe.fit(features), _corpus(args.corpus))
     print(f"default recipe (behaviour with the small UA model + content): fit {time.perf_counter() - t0:.1f} s")
     train = statistics.median(train_times)
     feat = statistics.median(feat_times)

@@ -135,7 +135,7 @@ def _corpus_model(sample: object, corpus: Path, config: object, seed: int,
 
     def make() -> ReputationModel:  # what ``stormguard train --content`` builds with --clusters 4 --trees 50
         return reputation_template(config=config, n_clusters=N_CLUSTERS, n_estimators=N_TREES, random_state=seed,
-                                   rules=True, ua_model=ua_model)
+                                   rules=True, ua_model=ua_model, ua_inputs=False)
 
     model, metrics = fit_combined(sample, labels, rows, make, ContentClassifier(random_state=seed),  # type: ignore[arg-type]
                                   feature_sources=sources, progress=print)

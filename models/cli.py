@@ -347,7 +347,7 @@ def _train_combined(args: argparse.Namespace, features: Any, labels: dict[str, f
     mine = rows["lf"] == "labels"
     _say(f"content windows: {int(mine.sum()):,} from the data ({int(rows.loc[mine, 'label'].sum()):,} abusive), "
          f"{int((~mine).sum()):,} from the corpus", started)
-    return fit_combined(features, y, rows, lambda: reputation_template(rules=True, **params),
+    return fit_combined(features, y, rows, lambda: reputation_template(rules=True, ua_inputs=False, **params),
                         ContentClassifier(random_state=args.seed), feature_sources=sources,
                         progress=lambda m: _say(m, started))
 

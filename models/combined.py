@@ -14,6 +14,11 @@ labelled windows, the corpus' labelled sources (:mod:`stormguard.models.sources`
   source also labelled behaviour rows (the user's own data), the behaviour classifier is refitted without those
   labels too (its unsupervised parts still see the rows, unlabelled), so no held-out label reaches any part;
 - **tier knots** of the saved model: :func:`stormguard.models.transfer.choose_knots` over all held-out scores;
+- **the UA model** (when given) is evidence only, gated by the content evidence in
+  :meth:`~stormguard.models.mapping.ReputationMapping.combine`; callers build the behaviour models with
+  ``ua_inputs=False`` (:func:`stormguard.models.train.reputation_template`), so a UA never reaches a client's score
+  through the behaviour classifier as well (it would count twice, and ungated: an honest curl subscriber without
+  any content evidence against it was pulled below neutral that way);
 - **reported figures**: :func:`stormguard.models.transfer.nested_loso`, where each held-out source's knots come
   from an inner leave-one-source-out of its training sources only (the knots never see the source they are
   evaluated on).

@@ -208,11 +208,12 @@ def train_model(features: pd.DataFrame, labels: Mapping[str, float] | None = Non
 def reputation_template(*, ua_model: Any = None, config: Any = None, n_clusters: int = 6, n_estimators: int = 100,
                         prior_bad: float = 0.02, bad_ja3_paths: Sequence[str] = (),
                         known_ja3_paths: Sequence[str] = (), min_kind_clients: int = 30, random_state: int = 0,
-                        rules: bool = False) -> ReputationModel:
+                        rules: bool = False, ua_inputs: bool = True) -> ReputationModel:
     """The unfitted :class:`ReputationModel` :func:`train_model` fits (``rules``: the named content rules too, as
-    :func:`stormguard.models.combined.fit_combined` uses it)."""
+    :func:`stormguard.models.combined.fit_combined` uses it; ``ua_inputs`` False: the UA model's outputs are not
+    behaviour inputs, only the gated evidence of :meth:`~stormguard.models.mapping.ReputationMapping.combine`)."""
     behaviour = BehaviourModel(n_clusters=n_clusters, n_estimators=n_estimators, bad_ja3_paths=tuple(bad_ja3_paths),
-                               known_ja3_paths=tuple(known_ja3_paths), random_state=random_state)
+                               known_ja3_paths=tuple(known_ja3_paths), random_state=random_state, use_ua=ua_inputs)
     mapping = ReputationMapping.from_config(config, prior_bad=prior_bad)
     return ReputationModel(behaviour=behaviour, mapping=mapping, ua_model=ua_model,
                            min_kind_clients=min_kind_clients, rules=rules)
