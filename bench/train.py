@@ -17,8 +17,12 @@ Rows printed (medians over ``--runs``):
   them), median of ``--live-runs`` calls after a warm-up. Target < 20 ms.
 
 Issue 12 added request-content features and a content model (classifier + named rules): every row is printed for
-the **previous** model (behaviour models only, as trained above) and the **content** model (the same model plus a
-content classifier fitted on the corpus' labelled sources, ``stormguard.models.sources``, and the rules), and
+the **previous** model (behaviour models only, as trained above), the **content** model (the same model plus a
+content classifier fitted on the corpus' labelled sources, ``stormguard.models.sources``, and the rules) and the
+**content + UA** model (the default bundle's recipe: behaviour refitted beside the small UA model of
+``stormguard.models.combined.DEFAULT_UA_PARAMS``, whose outputs are gated evidence, not behaviour inputs, plus
+content and rules), each with its ratio to the previous
+model measured in the same run, and
 ``features`` reports lines/s of the feature step (content features included; target >= 200,000 lines/s).
 
 A measurement, not a test: it always exits 0 and prints ``MISSED`` next to a missed target. With ``--ua-model
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
+    import pandas as pd
     from build_corpus import build_log
     from stormguard.features.replay import replay
     from stormguard.models.behaviour import LiveScorer
@@ -120,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     assert model is not None and features is not None
     content = _content_model(model, _corpus(args.corpus))
+    from stormguard.models.combined import DEFAULT_UA_PARAMS
+    from stormguard.models.ua import UAModel, as_bot_labels
+
+    uas = pd.read_csv(_corpus(args.corpus) / "ua" / "ua_dev.csv", dtype=str, keep_default_na=False)
+    small_ua = UAModel(random_state=0, **DEFAULT_UA_PARAMS).fit(uas["user_agent"].tolist(),
+                                                                 as_bot_labels(uas["label"]))
+    t0 = time.perf_counter()
+    from stormguard.models.train import reputation_template
+
+    recipe = reputation_template(ua_model=small_ua, random_state=0, rules=True, ua_inputs=False)
+    with_ua = _content_model(recipe.fit(features), _corpus(args.corpus))
+    print(f"default recipe (behaviour with the small UA model + content): fit {time.perf_counter() - t0:.1f} s")
     train = statistics.median(train_times)
     feat = statistics.median(feat_times)
     print()
@@ -127,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(features {feat:.1f} s)  target < 60 s  {_mark(train < 60)}")
     print(f"features: median {len(records) / feat:,.0f} lines/s (request-content features included)  "
           f"target >= 200,000  {_mark(len(records) / feat >= 200_000)}")
-    for name, m in (("previous model", model), ("content model", content)):
+    base: dict[str, float] = {}
+    for name, m in (("previous model", model), ("content model", content),
+                    ("content + UA model (the default bundle's recipe)", with_ua)):
         rates, cpu_rates = [], []
         for _ in range(args.runs):
             t3, c3 = time.perf_counter(), time.process_time()
@@ -151,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
               f"clients per CPU-second)  target >= 200,000  {_mark(rate >= 200_000)}; "
               f"live micro-batch of {args.batch}: median {ms:.1f} ms (p90 {np.percentile(lat, 90):.1f} ms, CPU "
               f"{statistics.median(lat_cpu):.1f} ms)  target < 20 ms  {_mark(ms < 20)}")
+        if base:
+            print(f"  vs previous model: batch {rate / base['rate']:.2f}x the clients/s, live "
+                  f"{ms / base['ms']:.2f}x the latency")
+        else:
+            base = {"rate": rate, "ms": ms}
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     return 0
 

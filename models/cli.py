@@ -75,7 +75,7 @@ def cmd_ua_train(args: argparse.Namespace) -> int:
     if len(frame) == 0:
         raise ValueError(f"{src}: no rows to train on")
     print(counts)
-    params = {"n_clusters": args.clusters}
+    params = {"n_clusters": args.clusters, "n_features": args.features, "n_components": args.components}
     metrics: dict[str, Any] = {"n": len(frame)}
     if y is not None:
         metrics.update({"n_bots": int(y.sum()), "n_browsers": int((y == 0).sum())})
@@ -182,6 +182,9 @@ def register(subparsers: Any) -> None:
                         "metrics in the bundle")
     p.add_argument("--folds", type=int, default=5, help="folds for --cv (default 5)")
     p.add_argument("--clusters", type=int, default=24, help="number of UA clusters (default 24)")
+    p.add_argument("--features", type=int, default=2**17,
+                   help="hashed character n-gram width (default 131072; 1024 keeps the bundle small)")
+    p.add_argument("--components", type=int, default=48, help="SVD components of the clustering (default 48)")
     p.add_argument("--seed", type=int, default=0, help="random seed: same data and seed give the same model")
     p.add_argument("--column", default="user_agent", help="column holding the UAs (default user_agent)")
     p.add_argument("--no-labels", action="store_true", help="ignore a label column: fit clusters only")
@@ -278,10 +281,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     bad = list(args.bad_ja3 or []) or ([config.reputation.bad_ja3_path] if config.reputation.bad_ja3_path else [])
     known = list(args.known_ja3 or []) or (
         [config.reputation.library_ja3_path] if config.reputation.library_ja3_path else [])
-    model = train_model(features, labels, ua_model=ua_model, config=config, n_clusters=args.clusters,
-                        n_estimators=args.trees, prior_bad=args.prior_bad, bad_ja3_paths=bad, known_ja3_paths=known,
-                        min_kind_clients=args.min_kind_clients, random_state=args.seed,
-                        progress=lambda m: _say(m, started))
+    params = {"ua_model": ua_model, "config": config, "n_clusters": args.clusters, "n_estimators": args.trees,
+              "prior_bad": args.prior_bad, "bad_ja3_paths": bad, "known_ja3_paths": known,
+              "min_kind_clients": args.min_kind_clients, "random_state": args.seed}
+    transfer: dict[str, Any] | None = None
+    if args.content or args.corpus:
+        model, transfer = _train_combined(args, features, labels, params, started)
+    else:
+        model = train_model(features, labels, progress=lambda m: _say(m, started), **params)
     _say("scoring the training clients", started)
     scores = model.score_frame(features)
     metrics: dict[str, Any] = {
@@ -292,6 +299,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if sample_info:  # trained on the cluster: which rows the models saw
         metrics.update(engine="dask", **sample_info)
+    if transfer is not None:
+        metrics["leave_one_source_out"] = transfer
+        metrics["content_model"] = {"corpus": bool(args.corpus), "labels": bool(labels)}
     if labels is not None:
         from stormguard.models.evaluate import evaluate_scores
         from stormguard.models.train import label_vector
@@ -312,8 +322,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"anomaly alone reaches the low tier below p = {metrics['anomaly_p_low']:.4f} (prior_bad {args.prior_bad})")
     if "training_roc_auc" in metrics:
         print(f"labelled clients: {metrics['n_labelled']:,}, training ROC-AUC {metrics['training_roc_auc']:.4f}")
+    if transfer is not None:
+        _print_transfer(transfer)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _train_combined(args: argparse.Namespace, features: Any, labels: dict[str, float] | None,
+                    params: dict[str, Any], started: float) -> tuple[Any, dict[str, Any]]:
+    """``train --content``: the combined recipe of :mod:`stormguard.models.combined` (as ``data/make_model.py``).
+
+    Content windows (:func:`~stormguard.models.combined.content_windows`): the data's labelled windows with
+    request targets, plus with ``--corpus`` the corpus' labelled sources."""
+    from stormguard.models.combined import content_windows, data_sources, fit_combined
+    from stormguard.models.content import ContentClassifier
+    from stormguard.models.train import label_vector, reputation_template
+
+    y = label_vector(features, labels) if labels else None
+    if y is None and not args.corpus:
+        raise ValueError("--content needs labelled windows: give --labels (both classes) and/or --corpus CORPUS")
+    sources = data_sources(features, alone=not args.corpus)
+    corpus_rows = None
+    if args.corpus:
+        from stormguard.models.sources import corpus_sources
+
+        table = corpus_sources(Path(args.corpus), progress=lambda m: _say(m, started))
+        for reason, n in sorted(table.skipped.items()):
+            _say(f"corpus: skipped {n:,}: {reason}", started)
+        corpus_rows = table.features
+    rows = content_windows(features, y, sources, corpus_rows)
+    mine = rows["lf"] == "labels"
+    _say(f"content windows: {int(mine.sum()):,} from the data ({int(rows.loc[mine, 'label'].sum()):,} abusive), "
+         f"{int((~mine).sum()):,} from the corpus", started)
+    return fit_combined(features, y, rows, lambda: reputation_template(rules=True, ua_inputs=False, **params),
+                        ContentClassifier(random_state=args.seed), feature_sources=sources,
+                        progress=lambda m: _say(m, started))
+
+
+def _print_transfer(m: dict[str, Any]) -> None:
+    from stormguard.models.transfer import source_line
+
+    print(f"\nleave-one-source-out over {len(m['sources'])} sources (tier knots chosen inside each training fold): "
+          f"ROC-AUC {m['roc_auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, abusive low/blocked "
+          f"{m['abusive_low_or_blocked']:.1%}, human low/blocked {m['human_low_or_blocked']:.2%}")
+    for row in m["per_source"]:
+        print(f"  {source_line(row)}")
+    print(f"tier knots (log-odds) saved in the bundle: {m['knots'][0]:.2f} / {m['knots'][1]:.2f}")
 
 
 def _load_scorer(args: argparse.Namespace, started: float) -> tuple[Any, Any]:
@@ -523,6 +577,13 @@ def register_behaviour(subparsers: Any) -> None:
     p.add_argument("--min-kind-clients", type=int, default=30,
                    help="source kinds with fewer clients use the pooled model (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--content", action="store_true",
+                   help="also fit the request-content classifier and the named content rules on the labelled "
+                        "windows (--labels, --corpus), with tier knots chosen leave-one-source-out: the recipe of "
+                        "the bundled default model (data/make_model.py)")
+    p.add_argument("--corpus", metavar="CORPUS",
+                   help="add the labelled sources of the reference corpus (scanner logs, fail2ban fixtures, Iliou "
+                        "humans, Apache LFs) to the content model's windows; implies --content")
     _data_args(p, defaults_from_bundle=False)
     add_engine_options(p, partitions=True)
     p.add_argument("--sample-rows", type=int, default=200_000, metavar="N",

@@ -170,8 +170,10 @@ class ReputationMapping(BaseEstimator):
         ``rules`` (nats), rarity alone counts for at most ``anomaly_cap_with_content`` nats, the classifier for at most
         ``content_cap`` nats against a client (the named rules carry the strong evidence: leave-one-source-out showed
         the classifier adds little once they speak, and it is the part most exposed to unseen sites), and the UA's evidence
-        *for* a client is dropped whenever content evidence points the other way: a browser UA never raises a client
-        whose requests look abusive. ``tier_knots`` ``(x_low, x_block)`` (chosen on held-out sources, see
+        is dropped whenever content evidence points the other way: a browser UA never raises a client whose requests
+        look abusive, and a bot or script UA never lowers a client without content evidence against it (>= ``content_cap``
+        nats: a named rule, or the content classifier at its cap; a steady
+        curl subscriber is a legitimate SSE client; the UA model's "bot" is not "abusive"). ``tier_knots`` ``(x_low, x_block)`` (chosen on held-out sources, see
         :meth:`stormguard.models.behaviour.reputation.ReputationModel.set_tier_knots`) remap the log-odds so that
         ``x_low`` lands on ``q_low`` and ``x_block`` on ``q_block``."""
         cap = self.max_evidence
@@ -196,7 +198,11 @@ class ReputationMapping(BaseEstimator):
             if ua_p is not None and ua_base is not None and 0 < ua_base < 1:
                 q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
                 ua = np.clip(np.log(q / (1 - q)) - _logit(ua_base), -self.ua_good_cap, cap)
-                ev["ua"] = np.where((content_ev > 0) & (ua < 0), 0.0, ua)
+                # the UA only speaks where the requests do not contradict it: a browser UA never raises a client
+                # whose content evidence is abusive, and a bot/script UA (curl, a crawler: honest about itself)
+                # never lowers a client whose requests show nothing against it; it amplifies content evidence
+                # (at least ``content_cap`` nats: a named rule, or the content classifier at its cap)
+                ev["ua"] = np.where(((content_ev > 0) & (ua < 0)) | ((content_ev < content_cap) & (ua > 0)), 0.0, ua)
         elif "classifier" not in ev and ua_p is not None and ua_base is not None and 0 < ua_base < 1:
             q = np.clip(np.nan_to_num(np.asarray(ua_p, dtype=np.float64), nan=ua_base), 1e-6, 1 - 1e-6)
             ev["ua"] = np.clip(np.log(q / (1 - q)) - _logit(ua_base), -self.ua_good_cap, cap)

@@ -26,7 +26,7 @@ from .behaviour import BEHAVIOUR_SCHEMA_VERSION, BehaviourModel, ReputationModel
 from .mapping import ReputationMapping
 
 __all__ = ["SCHEMA_VERSION", "BUNDLE_KIND", "as_labels", "features_from_records", "load_feature_table",
-           "load_model", "read_labels", "save_model", "train_model"]
+           "load_model", "read_labels", "reputation_template", "save_model", "train_model"]
 
 BUNDLE_KIND = "behaviour"
 
@@ -117,6 +117,12 @@ def load_feature_table(inputs: Sequence[str | Path], *, key: str = "src_ip", win
         stats = ReplayStats()
         recs = replay(raw, stats, log_format=log_format, log_fields=log_fields, show_progress=show_progress)
         say(f"replayed {len(recs):,} records from {stats.files} file(s)")
+        for reason, n in stats.skipped.most_common():  # bad input is counted and located, never silently dropped
+            say(f"skipped {n:,}: {reason}")
+        for problem in stats.problems[:10]:
+            say(f"warning: {problem}")
+        if len(stats.problems) > 10:
+            say(f"warning: ... and {len(stats.problems) - 10} more problem(s)")
         records.append(recs)
     if records:
         allrec = pd.concat(records, ignore_index=True) if len(records) > 1 else records[0]
@@ -192,13 +198,25 @@ def train_model(features: pd.DataFrame, labels: Mapping[str, float] | None = Non
                 bad_ja3_paths: Sequence[str] = (), known_ja3_paths: Sequence[str] = (), min_kind_clients: int = 30,
                 random_state: int = 0, progress: Progress | None = None) -> ReputationModel:
     """Fit a :class:`ReputationModel` (mapping anchors from ``config``'s reputation section)."""
-    behaviour = BehaviourModel(n_clusters=n_clusters, n_estimators=n_estimators, bad_ja3_paths=tuple(bad_ja3_paths),
-                               known_ja3_paths=tuple(known_ja3_paths), random_state=random_state)
-    mapping = ReputationMapping.from_config(config, prior_bad=prior_bad)
+    model = reputation_template(ua_model=ua_model, config=config, n_clusters=n_clusters, n_estimators=n_estimators,
+                                prior_bad=prior_bad, bad_ja3_paths=bad_ja3_paths, known_ja3_paths=known_ja3_paths,
+                                min_kind_clients=min_kind_clients, random_state=random_state)
     y = label_vector(features, labels) if labels else None
-    model = ReputationModel(behaviour=behaviour, mapping=mapping, ua_model=ua_model,
-                            min_kind_clients=min_kind_clients)
     return model.fit(features, y, progress=progress)
+
+
+def reputation_template(*, ua_model: Any = None, config: Any = None, n_clusters: int = 6, n_estimators: int = 100,
+                        prior_bad: float = 0.02, bad_ja3_paths: Sequence[str] = (),
+                        known_ja3_paths: Sequence[str] = (), min_kind_clients: int = 30, random_state: int = 0,
+                        rules: bool = False, ua_inputs: bool = True) -> ReputationModel:
+    """The unfitted :class:`ReputationModel` :func:`train_model` fits (``rules``: the named content rules too, as
+    :func:`stormguard.models.combined.fit_combined` uses it; ``ua_inputs`` False: the UA model's outputs are not
+    behaviour inputs, only the gated evidence of :meth:`~stormguard.models.mapping.ReputationMapping.combine`)."""
+    behaviour = BehaviourModel(n_clusters=n_clusters, n_estimators=n_estimators, bad_ja3_paths=tuple(bad_ja3_paths),
+                               known_ja3_paths=tuple(known_ja3_paths), random_state=random_state, use_ua=ua_inputs)
+    mapping = ReputationMapping.from_config(config, prior_bad=prior_bad)
+    return ReputationModel(behaviour=behaviour, mapping=mapping, ua_model=ua_model,
+                           min_kind_clients=min_kind_clients, rules=rules)
 
 
 def save_model(path: str | Path, model: ReputationModel, features: pd.DataFrame, metrics: Mapping[str, Any],

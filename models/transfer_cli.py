@@ -22,8 +22,10 @@ def evaluate_loso(model: Any, corpus: Path, json_path: str | None, say: Callable
     print(format_report(result, table.lf_table))
     if json_path:
         doc = {"metrics": result["metrics"], "metrics_origin_only": result["metrics_origin_only"],
-               "bundle_knots": result["bundle_knots"],
+               "bundle_knots": result["bundle_knots"], "fold_knots": result["fold_knots"],
+               "metrics_bundle_knots": result.get("metrics_bundle_knots"),
                "importance_in_sample": result["importance_in_sample"],
+               "importance_held_out": result.get("importance_held_out"),
                "labelling_functions": table.lf_table.to_dict("records"), "skipped": table.skipped}
         Path(json_path).write_text(json.dumps(doc, indent=2, default=float), encoding="utf-8")
     return 0

@@ -37,6 +37,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
+from stormguard.models.ua_fast import FAST_MAX, fast_transform
 
 __all__ = [
     "FEATURE_SCHEMA_VERSION",
@@ -417,6 +418,10 @@ class UAModel(_TakesUAStrings, ClassifierMixin, TransformerMixin, BaseEstimator)
         if not uas:
             check_is_fitted(self, "features_")
             return np.empty((0, 3))
+        if len(uas) <= FAST_MAX:  # live micro-batches: the same arithmetic without the pipelines' overhead
+            fast = fast_transform(self, uas, normalize_ua)
+            if fast is not None:
+                return fast
         vectors = self._vectors(uas)
         clusters, distances = self._clusters(vectors)
         if self.classifier_ is not None:

@@ -65,6 +65,9 @@ def test_evaluate_loso_headline(corpus: Path, tmp_path: Path, capsys: pytest.Cap
     assert "leave-one-source-out" in text and "labelling functions" in text and "per held-out source" in text
     doc = json.loads(out.read_text())
     m = doc["metrics"]
+    held = doc["importance_held_out"]  # measured on unseen sources: the probe signals carry the ranking
+    assert set(held) and max(held.values()) > 0.02 and max(held, key=held.get) in {"share_404", "share_attack"}
+    assert doc["fold_knots"] and doc["metrics_bundle_knots"] is not None
     sources = {row["source"] for row in m["per_source"]}
     assert {"acunetix", "netsparker", "w3af", "fail2ban", "iliou-humans", "apache-browsers"} <= sources
     with capsys.disabled():

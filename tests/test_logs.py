@@ -222,3 +222,32 @@ def test_jsonl_non_finite_numbers_are_ignored(tmp_path: Path) -> None:
     (rec,) = read_log(path, stats)
     assert rec["ts"] == 5.0 and rec["dst_port"] == 443
     assert "status" not in rec and "bytes_out" not in rec and "src_port" not in rec
+
+
+def test_lines_wrapped_in_quotes_are_unwrapped(tmp_path: Path) -> None:
+    """A log whose every line is wrapped in an extra pair of double quotes (an export quirk, as in the published
+    scanner logs of the corpus) is recognised as combined and read whole; well-formed lines beside them too."""
+    from stormguard.features.logs.lines import unwrap_quoted
+    from stormguard.features.sniff import sniff
+
+    ua = "Mozilla/5.0 (Windows NT 6.1) Chrome/41.0"
+    lines = [f'"10.0.0.{i} - - [22/Dec/2016:16:30:{i:02d} +0300] "GET /a{i}.php HTTP/1.1" 404 382 "-" "{ua}""'
+             for i in range(1, 6)]
+    lines.append(f'10.0.0.9 - - [22/Dec/2016:16:31:00 +0300] "GET / HTTP/1.1" 200 10 "-" "{ua}"')
+    path = write(tmp_path, "wrapped.log", lines)
+    assert sniff(path) == "log" and detect_format(path) == "combined"
+    for fmt in ("auto", "combined"):
+        stats = ReplayStats()
+        rows = list(read_log(path, stats, fmt=fmt))
+        assert not stats.skipped, fmt
+        assert [r["src_ip"] for r in rows] == [f"10.0.0.{i}" for i in (1, 2, 3, 4, 5, 9)]
+        assert {r["user_agent"] for r in rows} == {ua} and rows[0]["path"] == "/a1.php" and rows[0]["status"] == 404
+    assert unwrap_quoted('"a""\n') == "a\"\n" and unwrap_quoted('""x""') is None and unwrap_quoted("plain") is None
+
+
+@pytest.mark.corpus
+def test_corpus_scanner_log_auto_detected(corpus: Path) -> None:
+    stats = ReplayStats()
+    rows = list(read_log(corpus / "abuse" / "seyyar-apache-http-logs" / "w3af.log", stats))
+    assert len(rows) >= 3900 and not stats.skipped
+    assert all(not str(r["src_ip"]).startswith('"') for r in rows)

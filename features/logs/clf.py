@@ -18,6 +18,7 @@ from stormguard.features.logs.lines import (
     _Progress,
     _unescape,
     open_lines,
+    unwrap_quoted,
 )
 
 from stormguard.report import ReplayStats
@@ -105,6 +106,9 @@ def combined_batches(path: Path, stats: ReplayStats, progress: Callable[[int], N
             tracker.fh = fh
             for n, line in enumerate(fh, 1):
                 m = match(line)
+                if m is None and line[:1] == '"' and (inner := unwrap_quoted(line)) is not None:
+                    line = inner
+                    m = match(line)
                 if m is None:
                     record = _salvage(line, n, name, "log-combined", stats, to_ts, _COMBINED_TAIL)
                     if record is None:
@@ -198,6 +202,9 @@ def _read_generic(path: Path, stats: ReplayStats, pattern: re.Pattern[str], kind
             tracker.fh = fh
             for n, line in enumerate(fh, 1):
                 m = pattern.match(line.rstrip("\r\n"))
+                if m is None and line[:1] == '"' and (inner := unwrap_quoted(line)) is not None:
+                    line = inner
+                    m = pattern.match(line.rstrip("\r\n"))
                 if m is None:
                     if not line.strip():
                         continue

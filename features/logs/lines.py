@@ -26,6 +26,16 @@ def _unescape(text: str) -> str:
     return _ESCAPE.sub(repl, text)
 
 
+def unwrap_quoted(line: str) -> str | None:
+    """The line inside an extra pair of double quotes (``"host - - [time] "GET / HTTP/1.1" ... "ua""``: a whole
+    log line exported as one CSV/JSON string, as in some published logs), or None when ``line`` is not wrapped so.
+    Readers try it only on lines their format did not match, so well-formed logs pay nothing."""
+    text = line.rstrip("\r\n")
+    if len(text) < 4 or text[0] != '"' or text[1] == '"' or not text.endswith('""'):
+        return None
+    return text[1:-1] + line[len(text):]
+
+
 def _field(text: str | None) -> str | None:
     """Log field → value: ``-``/empty → None, escapes decoded."""
     if text is None or text == "-" or text == "":

@@ -54,6 +54,7 @@ from typing import Any
 from stormguard.features.logs.clf import LOG_FORMATS, _read_generic, combined_batches, register_format
 from stormguard.features.logs.clftime import parse_clf_time
 from stormguard.features.logs.jsonl import JSON_FIELDS, _read_jsonl
+from stormguard.features.logs.lines import unwrap_quoted
 
 from stormguard.report import ReplayStats
 from stormguard.schema import ColumnBatch
@@ -78,8 +79,9 @@ def detect_format(path: Path, sample: int = 200) -> str | None:
     if not lines:
         return None
     votes = {"jsonl": sum(1 for ln in lines if ln.lstrip("\ufeff \t").startswith("{"))}
+    unwrapped = [unwrap_quoted(ln) or ln for ln in lines]  # a line wrapped in an extra pair of quotes votes too
     for name in ("combined", "iliou", "common"):
-        votes[name] = sum(1 for ln in lines if LOG_FORMATS[name].match(ln))
+        votes[name] = sum(1 for ln in unwrapped if LOG_FORMATS[name].match(ln))
     best = max(votes, key=lambda k: votes[k])  # ties: jsonl, then combined, iliou, common
     return best if votes[best] else None
 

@@ -40,8 +40,7 @@ class ReputationModel(BaseEstimator):
         ua = self.ua_model if not hasattr(self, "ua_model_") else self.ua_model_
         if ua is None or "ua_mode" not in X.columns:
             return X
-        values = X["ua_mode"].astype("object").where(X["ua_mode"].notna(), None)
-        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        codes, uniques = pd.factorize(X["ua_mode"].to_numpy(dtype=object, na_value=None), use_na_sentinel=True)
         prob = np.full(len(uniques), np.nan)
         dist = np.full(len(uniques), np.nan)
         todo = []
@@ -58,15 +57,15 @@ class ReputationModel(BaseEstimator):
             if cache is not None:
                 for i in todo:
                     cache[uniques[i]] = (prob[i], dist[i])
-        X = X.copy()
         ok = codes >= 0
         col_p = np.full(len(X), np.nan)
         col_d = np.full(len(X), np.nan)
         col_p[ok] = prob[codes[ok]]
         col_d[ok] = dist[codes[ok]]
-        X["ua_bot_probability"] = col_p
-        X["ua_distance"] = col_d
-        return X
+        # two new columns beside the others (no copy of the whole frame: live micro-batches pay per call)
+        X = X.drop(columns=[c for c in ("ua_bot_probability", "ua_distance") if c in X.columns])
+        return pd.concat([X, pd.DataFrame({"ua_bot_probability": col_p, "ua_distance": col_d}, index=X.index)],
+                         axis=1)
 
     def _ua_base(self) -> float | None:
         ua = self.ua_model_
