@@ -113,6 +113,15 @@ class ServerProcess:
         return self.metrics().get(name, default)
 
 
+def stream_rating(port: int, source: str, path: str = "/events?topic=t") -> tuple[int, str | None]:
+    """Open one stream from ``source``, read its status and ``X-IP-Rating``, close it (a short-lived connection)."""
+    c = SSEClient(port, path, source=source)
+    try:
+        return c.status, c.headers.get("x-ip-rating")
+    finally:
+        c.close()
+
+
 @contextmanager
 def running_server(settings: dict[str, Any] | None = None, *, args: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
     server = ServerProcess(settings, args=args).start()

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from crowdsec_lapi import CrowdsecLapi, lapi_fixture
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401 - fixture
-from server_harness import PROJECT_ROOT, SSEClient, free_port, running_server
+from server_harness import PROJECT_ROOT, free_port, running_server, stream_rating
 
 FAST = {"enable_test_routes": True, "block_recheck_seconds": 0.2, "live_rules": False}
 lapi = pytest.fixture(scope="module", name="lapi")(lapi_fixture)
@@ -38,11 +38,7 @@ def wait_for(predicate: Callable[[], Any], seconds: float = 60.0, pause: float =
 
 
 def status_of(port: int, source: str) -> tuple[int, str | None]:
-    c = SSEClient(port, "/events?topic=cs", source=source)
-    try:
-        return c.status, c.headers.get("x-ip-rating")
-    finally:
-        c.close()
+    return stream_rating(port, source, "/events?topic=cs")
 
 
 def config_file(tmp_path: Path, lapi: CrowdsecLapi, **keys: Any) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from server_harness import SSEClient, running_server
+from server_harness import running_server, stream_rating
 from stormguard.server.live.groups import GroupPressure
 
 
@@ -43,11 +43,7 @@ def test_state_is_bounded():
 
 
 def rating(port: int, source: str) -> tuple[int, str | None]:
-    c = SSEClient(port, "/events?topic=grp", source=source)
-    try:
-        return c.status, c.headers.get("x-ip-rating")
-    finally:
-        c.close()
+    return stream_rating(port, source, "/events?topic=grp")
 
 
 def test_a_botnet_spread_over_a_network_is_lowered_then_refused():

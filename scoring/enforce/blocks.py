@@ -11,9 +11,10 @@ pushed back to CrowdSec), ``model``, ``rules`` (a live rule's name), else ``oper
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
+
+from stormguard.addresses import client_address
 
 SOURCES = ("model", "rules", "operator", "crowdsec")
 
@@ -28,18 +29,12 @@ class Block:
     @property
     def version(self) -> int | None:
         """4 or 6 when the key is an IP address (exports to firewalls take only those), else None."""
-        try:
-            addr = ipaddress.ip_address(self.key)
-        except ValueError:
-            return None
-        return 4 if addr.version == 4 or addr.ipv4_mapped is not None else 6
+        addr = client_address(self.key)
+        return None if addr is None else addr.version
 
     @property
     def address(self) -> str:
-        addr = ipaddress.ip_address(self.key)
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(addr)
+        return str(client_address(self.key))
 
 
 def source_of(reason: str, rule_names: frozenset[str]) -> str:

@@ -293,22 +293,19 @@ async def _doctor_async(args: argparse.Namespace, config: Any, results: list[tup
     if not lapi:
         results.append(("crowdsec", None, "not configured ([crowdsec] lapi_url)"))
         return
+    probes = []
     if key:
-        api = LocalApi(lapi, bouncer_key=key, timeout=cs.timeout)
-        try:
-            await api.check_bouncer()
-            results.append(("crowdsec", True, f"{lapi}: bouncer key accepted"))
-        except LapiError as exc:
-            results.append(("crowdsec", False, f"bouncer: {exc}"))
-        finally:
-            await api.close()
+        probes.append((LocalApi(lapi, bouncer_key=key, timeout=cs.timeout), "check_bouncer", "bouncer",
+                       f"{lapi}: bouncer key accepted"))
     if creds is not None:
-        api = LocalApi(lapi, machine=creds, timeout=cs.timeout)
+        probes.append((LocalApi(lapi, machine=creds, timeout=cs.timeout), "login", "machine",
+                       f"{lapi}: machine {creds.login} logged in"))
+    for api, call, role, ok in probes:
         try:
-            await api.login()
-            results.append(("crowdsec", True, f"{lapi}: machine {creds.login} logged in"))
+            await getattr(api, call)()
+            results.append(("crowdsec", True, ok))
         except LapiError as exc:
-            results.append(("crowdsec", False, f"machine: {exc}"))
+            results.append(("crowdsec", False, f"{role}: {exc}"))
         finally:
             await api.close()
     if not key and creds is None:

@@ -29,6 +29,8 @@ from typing import Any
 from stormguard.scoring.enforce.lapi import LapiError, LocalApi, parse_duration
 from stormguard.scoring.enforce.ranges import RangeTable
 
+from stormguard.addresses import client_address
+
 log = logging.getLogger("stormguard.crowdsec")
 OWN_PREFIX = "stormguard/"
 
@@ -132,9 +134,9 @@ class DecisionImporter:
             return None
         try:
             if scope == "ip":
-                addr = ipaddress.ip_address(value)
-                if addr.version == 6 and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
+                addr = client_address(value)
+                if addr is None:
+                    raise ValueError(value)
                 return "ip", str(addr)
             if scope == "range":
                 return "range", str(ipaddress.ip_network(value, strict=False))

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from stormguard.addresses import client_address
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -93,12 +95,9 @@ class RangeTable:
     def match(self, ip: str, now: float | None = None) -> RangeEntry | None:
         if not self._by_len:
             return None
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        addr = client_address(ip)
+        if addr is None:
             return None
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         bits = 32 if addr.version == 4 else 128
         value = int(addr)
         now = self.clock() if now is None else now

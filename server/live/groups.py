@@ -22,6 +22,8 @@ import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from stormguard.addresses import client_address
+
 
 @dataclass
 class _Group:
@@ -61,12 +63,9 @@ class GroupPressure:
         return len(self._groups)
 
     def network_of(self, ip: str) -> str | None:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        addr = client_address(ip)
+        if addr is None:
             return None
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         return str(ipaddress.ip_network(f"{addr}/{self.prefix[addr.version]}", strict=False))
 
     def short_lived(self, ip: str, ts: float) -> Crossing | None:
