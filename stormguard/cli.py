@@ -103,6 +103,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """replay → features → score (bundled model) → reputation store, on the inputs (default: the bundled sample)."""
     from stormguard.features.clients.windows import client_features
+    from stormguard.features.distributed.cli import check_engine
     from stormguard.features.replay import replay
     from stormguard.schema import write_records
 
@@ -110,6 +111,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if check_engine(args):
+        return _pipeline_on_dask(args, inputs, out_dir, started)
     stats = ReplayStats()
     records = replay(inputs, stats)
     if stats.files == 0:
@@ -125,15 +128,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     features.to_parquet(features_path, index=False)
     print(f"records:  {len(records):>7}  -> {records_path}")
     print(f"features: {len(features):>7}  -> {features_path}  (key={args.key}, window={window or 'whole input'})")
-    import pandas as pd
-
     if len(features):
-        cols = [c for c in ("key", "n_conn", "conn_rate_per_min", "reconnects_10s", "short_lived_2s",
-                            "header_entropy_mean", "distinct_uas", "distinct_ja3", "ja4_mode")
-                if c in features.columns]
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            top = features.sort_values(cols[1] if len(cols) > 1 else features.columns[0], ascending=False)
-            print(top[cols].head(args.show).to_string(index=False))
+        _print_top(features, _feature_columns(features.columns), args.show)
     model_path = None if args.no_model else Path(args.model) if args.model else _default_model()
     if model_path is not None and len(records):
         _score_into_store(records, model_path, out_dir, args.store, args.show)
@@ -154,9 +150,9 @@ def _score_into_store(records: object, model_path: Path, out_dir: Path, store_ur
     import pandas as pd
 
     from stormguard.config import load_config
+    from stormguard.features.clients.windows import client_features
     from stormguard.models.train import features_from_records, load_model
-    from stormguard.scoring.batch import fill_store
-    from stormguard.scoring.engine import ReputationEngine
+    from stormguard.scoring.pipeline import print_store_run, rate_into_store
     from stormguard.scoring.stores import open_store
     from stormguard.scoring.stores.sync import SyncStore
 
@@ -166,37 +162,91 @@ def _score_into_store(records: object, model_path: Path, out_dir: Path, store_ur
     scores = model.score_frame(features_from_records(records, key=key, window=window))  # type: ignore[arg-type]
     scores_path = out_dir / "scores.parquet"
     scores.to_parquet(scores_path, index=False)
-    from stormguard.features.clients.windows import client_features
-
     config = load_config(None)
-    # Everything happens "as of the end of the input": the model's scores and the rules' deductions are written
-    # with the input's own timestamps, and the tiers are read at its last timestamp (old logs are not decayed away).
     ts = pd.to_numeric(records["ts"], errors="coerce")  # type: ignore[index]
     end = float(ts.max()) if ts.notna().any() else time.time()
     windows = client_features(records, key=key, window=config.server.live_window)  # type: ignore[arg-type]
     store = SyncStore(open_store(store_url, config, failover=False))
     try:
-        loaded = fill_store(scores, store, now=end)
-        engine = ReputationEngine(store.store, config)
-        penalties = 0
-        for row in windows.sort_values("last_ts").to_dict("records"):  # the rules, on the same features
-            verdict, _ = store.run(engine.observe(str(row["key"]), row, now=float(row["last_ts"])))
-            penalties += bool(verdict.reasons)
-        keys = sorted(set(scores["key"].astype(str)) | set(windows["key"].astype(str)))
-        decisions = [store.run(engine.decide(k, now=end)) for k in keys]
+        run = rate_into_store([scores], [windows], store, config, end=end, show=show)
     finally:
         store.close()
-    print(f"scores:   {len(scores):>7}  -> {scores_path}  (model {model_path.name}, key={key}, "
-          f"window={window or 'whole input'})")
-    print(f"store:    {loaded:>7}  model scores loaded into {store_url.split('?')[0]}, "
-          f"{penalties} rule penalties applied (the live rules, on {config.server.live_window:g} s windows)")
-    table = pd.DataFrame({"key": keys, "score": [round(d.reputation.score, 1) for d in decisions],
-                          "tier (X-IP-Rating)": [d.tier.name for d in decisions],
-                          "reasons": [", ".join(d.reputation.reasons) for d in decisions]})
-    counts = table["tier (X-IP-Rating)"].value_counts().to_dict()
-    print("tiers:    " + ", ".join(f"{tier} {n}" for tier, n in sorted(counts.items())))
-    with pd.option_context("display.width", 160):
-        print(table.sort_values("score").head(show).to_string(index=False))
+    print_store_run(run, store_url=store_url, live_window=config.server.live_window,
+                    scores_line=f"scores:   {len(scores):>7}  -> {scores_path}  (model {model_path.name}, key={key}, "
+                                f"window={window or 'whole input'})")
+
+
+def _pipeline_on_dask(args: argparse.Namespace, inputs: list[str], out_dir: Path, started: float) -> int:
+    """``pipeline --engine dask``: each stage on the cluster into a dataset folder of ``out_dir`` (records,
+    features, scores), the store filled here from the score and live-window datasets part by part."""
+    import shutil
+
+    import dask.dataframe as dd
+
+    from stormguard.config import load_config
+    from stormguard.features.distributed.cli import _check_split
+    from stormguard.features.distributed.cluster import dask_client
+    from stormguard.features.distributed.dataset import check_dataset_target
+    from stormguard.features.distributed.replay import replay_dask
+    from stormguard.features.distributed.windows import features_dask
+
+    records_path, features_path = out_dir / "records.parquet", out_dir / "features.parquet"
+    model_path = None if args.no_model else Path(args.model) if args.model else _default_model()
+    for target in (records_path, features_path, *([out_dir / "scores.parquet"] if model_path else [])):
+        check_dataset_target(target)  # before any work: a local run's files are not replaced by datasets
+    window = None if args.window in (0, None) else float(args.window)
+    config = load_config(None)
+    progress = None if not args.no_progress else False
+    stats = ReplayStats()
+    with dask_client(args.scheduler) as client:
+        rows = replay_dask(client, inputs, records_path, stats, split_bytes=_check_split(args),
+                           show_progress=progress)
+        _report(stats, started, verbose=False)
+        if stats.files == 0:
+            shutil.rmtree(records_path, ignore_errors=True)
+            print("stormguard pipeline: no readable input (no output written)", file=sys.stderr)
+            return 2
+        n_features = features_dask(client, records_path, features_path, key=args.key, window=window,
+                                   partitions=args.partitions, show_progress=progress)
+        print(f"records:  {rows:>7}  -> {records_path} (dataset)")
+        print(f"features: {n_features:>7}  -> {features_path} (dataset)  (key={args.key}, "
+              f"window={window or 'whole input'})")
+        if n_features:
+            cols = _feature_columns(dd.read_parquet(str(features_path)).columns)
+            # each part's top rows, then the top of those: exactly the local engine's table
+            parts = dd.read_parquet(str(features_path), columns=cols)
+            tops = client.compute(parts.map_partitions(_top_features, cols, args.show, meta=parts._meta)).result()
+            _print_top(tops, cols, args.show)
+        if model_path is not None and rows:
+            from stormguard.scoring.pipeline import scores_on_dask
+
+            scores_on_dask(client, records_path, out_dir, model_path, args.store, config,
+                           partitions=args.partitions, show=args.show, show_progress=progress)
+    return 0
+
+
+def _feature_columns(columns: Sequence[str]) -> list[str]:
+    return [c for c in ("key", "n_conn", "conn_rate_per_min", "reconnects_10s", "short_lived_2s",
+                        "header_entropy_mean", "distinct_uas", "distinct_ja3", "ja4_mode") if c in columns]
+
+
+def _top_features(features: object, cols: list[str], show: int) -> object:
+    """The ``show`` clients with the most of the first feature column after the key (ties: by key)."""
+    import pandas as pd
+
+    frame: pd.DataFrame = features  # type: ignore[assignment]
+    by = cols[1] if len(cols) > 1 else cols[0]
+    if by == "key":
+        return frame.sort_values("key", kind="stable").head(show)
+    return frame.sort_values([by, "key"], ascending=[False, True], kind="stable").head(show)
+
+
+def _print_top(features: object, cols: list[str], show: int) -> None:
+    import pandas as pd
+
+    top: pd.DataFrame = _top_features(features, cols, show)  # type: ignore[assignment]
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(top[cols].to_string(index=False))
 
 
 #: Example command lines shown at the end of each subcommand's ``--help`` (a subcommand may set its own epilog
@@ -213,7 +263,9 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                     "stormguard features out/records.parquet --engine dask --scheduler tcp://127.0.0.1:8786 "
                     "-o out/features.parquet"),
     ("pipeline",): ("stormguard pipeline",
-                    "stormguard pipeline access.log --out-dir out/ --store redis://127.0.0.1:6379/0"),
+                    "stormguard pipeline access.log --out-dir out/ --store redis://127.0.0.1:6379/0",
+                    "stormguard pipeline captures/ logs/ --engine dask --scheduler tcp://127.0.0.1:8786 "
+                    "--out-dir out/"),
     ("serve",): ("STORMGUARD_PUBLISH_TOKEN=secret stormguard serve --port 8000",
                  "stormguard serve --store redis://127.0.0.1:6379/0 --workers 2 --audit-log audit.jsonl"),
     ("reputation", "get"): ("stormguard reputation get 203.0.113.7 --store redis://127.0.0.1:6379/0",),
@@ -326,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true", help="stop after the features")
     p.add_argument("--store", default="memory://",
                    help="reputation store to load the scores into (default memory://: lives for this command)")
+    p.add_argument("--no-progress", action="store_true", help="dask engine: never show a progress bar")
+    add_engine_options(p, split=True, partitions=True)
     p.set_defaults(func=cmd_pipeline)
 
     from stormguard.server.cli import register as register_serve

@@ -190,6 +190,50 @@ def test_cli_replay_features_score_on_a_scheduler(corpus: Path, scheduler_addres
         main(["features", str(records), "--scheduler", scheduler_address, "-o", str(tmp_path / "x.parquet")])
 
 
+def _pipeline_view(out: str, out_dir: Path) -> list[str]:
+    """The pipeline's report lines, with its output folder and the dataset markers taken out."""
+    return [line.replace(str(out_dir), "OUT").replace(" (dataset)", "") for line in out.splitlines()
+            if not line.startswith("dask: ")]
+
+
+def test_pipeline_on_a_scheduler_equals_the_local_pipeline(corpus: Path, scheduler_address: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``stormguard pipeline --engine dask``: replay (the Apache log in byte ranges), features, the bundled model's
+    scores and the live rules into the store, with the store filled from the datasets part by part; the report
+    (counts, top features, tiers, the lowest-scored clients with their reasons) and every output equal the local
+    pipeline's."""
+    from stormguard.cli import main
+
+    inputs = [str(corpus / "logs" / "elastic-examples-apache_logs.log"), str(corpus / "pcap" / "salesforce-ja3")]
+    local, dist = tmp_path / "local", tmp_path / "dask"
+    assert main(["pipeline", *inputs, "--out-dir", str(local), "--show", "40"]) == 0
+    want = capsys.readouterr()
+    assert main(["pipeline", *inputs, "--out-dir", str(dist), "--show", "40", "--engine", "dask",
+                 "--scheduler", scheduler_address, "--split-mb", "0.5", "--no-progress"]) == 0
+    got = capsys.readouterr()
+    assert f"dask: scheduler {scheduler_address}, 2 worker(s)" in got.err
+    report = _pipeline_view(got.out, dist)
+    assert report == _pipeline_view(want.out, local)
+    tiers = next(line for line in report if line.startswith("tiers:"))
+    assert "blocked" in tiers and "neutral" in tiers  # a real mix, not an empty table
+    header = next(i for i, line in enumerate(report) if "tier (X-IP-Rating)" in line)
+    assert len(report) - header - 1 == 40 and sum("model:" in line for line in report[header:]) > 10
+    records = read_records(dist / "records.parquet")
+    assert len(records) > 10_000
+    assert _multiset(records) == _multiset(read_records(local / "records.parquet"))
+    pd.testing.assert_frame_equal(_sorted_features(read_features(dist / "features.parquet")),
+                                  _sorted_features(read_features(local / "features.parquet")),
+                                  check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(_comparable(pd.read_parquet(dist / "scores.parquet"), "source_kind"),
+                                  _comparable(pd.read_parquet(local / "scores.parquet"), "source_kind"),
+                                  check_exact=False, rtol=1e-12)
+    # the local run's single files are never replaced by datasets
+    assert main(["pipeline", *inputs, "--out-dir", str(local), "--engine", "dask",
+                 "--scheduler", scheduler_address]) == 2
+    assert "is not a dataset written by the dask engine" in capsys.readouterr().err
+    assert (local / "records.parquet").is_file()
+
+
 def test_training_sample_on_a_scheduler(corpus: Path, scheduler_address: str, tmp_path: Path) -> None:
     """``train --engine dask``: the training features computed on the cluster are the local engine's; a sample
     that holds them all is "all rows"; a smaller one is stratified by source kind (each kind its proportional

@@ -32,16 +32,22 @@ def _check_engine(args: argparse.Namespace) -> None:
         raise SystemExit("stormguard: --scheduler is for --engine dask")
 
 
+def _check_split(args: argparse.Namespace) -> int:
+    """``--split-mb`` in bytes (``SystemExit`` unless positive)."""
+    if not args.split_mb > 0:
+        raise SystemExit(f"stormguard: --split-mb must be positive, not {args.split_mb}")
+    return int(args.split_mb * (1 << 20))
+
+
 def replay_on_dask(args: argparse.Namespace, out: Path, stats: ReplayStats, log_fields: dict[str, str] | None
                    ) -> int:
     from stormguard.features.distributed.cluster import dask_client
     from stormguard.features.distributed.replay import replay_dask
 
-    if not args.split_mb > 0:
-        raise SystemExit(f"stormguard: --split-mb must be positive, not {args.split_mb}")
+    split = _check_split(args)
     with dask_client(args.scheduler) as client:
         return replay_dask(client, args.inputs, out, stats, log_format=args.log_format, log_fields=log_fields,
-                           split_bytes=int(args.split_mb * (1 << 20)),
+                           split_bytes=split,
                            show_progress=None if not args.no_progress else False)
 
 
