@@ -4,8 +4,8 @@ scheduler with two worker processes started here (``dask scheduler`` / ``dask wo
 and window (float columns to 1e-12 relative: a client's rows meet in another order after the shuffle, so a mean
 may be summed in another order).
 
-Large-file splitting is forced with a small ``split_bytes`` (logs in byte ranges, captures in two flow shares), so
-the range/share paths run on real files too.
+Large-file splitting is forced with a small ``split_bytes`` (logs in byte ranges, captures in byte spans routed to
+two flow shares), so the range and routing paths run on real files too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from stormguard.report import ReplayStats  # noqa: E402
 from stormguard.schema import read_records  # noqa: E402
 
 #: Small enough that the corpus's larger logs (0.5-2.6 MB) come in several ranges and its larger captures
-#: (1-2 MB) in flow shares.
+#: (0.3-2 MB) in several spans.
 SPLIT_BYTES = 256 << 10
 #: (key, window) runs compared here; the CLI test adds a composite key over the whole input.
 FEATURE_RUNS = (("src_ip", 300.0),)
@@ -116,7 +116,7 @@ def test_dask_engine_equals_local_engine_on_the_corpus(corpus: Path, local: dict
 
 def test_damaged_inputs_are_reported_as_locally(corpus: Path, client: Client, tmp_path: Path) -> None:
     """A log read in many byte ranges: its bad lines are reported with their line numbers in the whole file and
-    counted as the local engine counts them; a capture cut mid-packet (read in two flow shares) is reported
+    counted as the local engine counts them; a capture cut mid-packet (read in spans routed to two flow shares) is reported
     once, with its byte offset, and its packets before the damage are kept."""
     src = tmp_path / "in"
     src.mkdir()

@@ -14,6 +14,7 @@ import io
 import mmap
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from struct import Struct, unpack_from
 from typing import BinaryIO
 
@@ -29,6 +30,24 @@ MAX_RESYNCS = 64
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 Packet = tuple[int, float, int, bytes, int, int]
+#: A pcapng interface as the reader keeps it: (link type, time divisor or 0, time multiplier, offset seconds).
+Interface = tuple[int, int, float, int]
+
+
+@dataclass(frozen=True)
+class Span:
+    """Bytes ``[start, stop)`` of a capture that begin at a packet record (pcap) or block (pcapng) boundary, with
+    what a reader needs to begin there: ``frame``, the packets before it (so frame numbers stay those of a whole
+    read) and, for pcapng, the section's byte order, its interfaces and the last timestamp (simple packet blocks
+    carry none). ``stop`` None: to the end of the file, with a whole read's damage handling. Found by
+    :func:`plan_spans`."""
+
+    start: int
+    stop: int | None
+    frame: int = 0
+    endian: str = "<"
+    interfaces: tuple[Interface, ...] = ()
+    last_ts: float = 0.0
 
 
 class _Reader:
@@ -108,12 +127,23 @@ _PCAP_MAGIC = {
 }
 
 
+def _at_span(r: _Reader, span: Span | None) -> int:
+    """Check that a span can be read from ``r`` (a mapped regular file) and return its stop offset (or "none")."""
+    if span is None:
+        return 1 << 62
+    if r.mapped is None:
+        raise ValueError("a capture span is read from a regular file (mapped), not a stream")
+    return span.stop if span.stop is not None else 1 << 62
+
+
 def iter_pcap(path, name: str, stats: ReplayStats,
-              progress: Callable[[int], None] | None = None) -> Iterator[Packet]:
-    """Packets of a classic pcap file (either byte order, micro- or nanosecond timestamps)."""
+              progress: Callable[[int], None] | None = None, span: Span | None = None) -> Iterator[Packet]:
+    """Packets of a classic pcap file (either byte order, micro- or nanosecond timestamps); with ``span``, the
+    packets of that byte range only (frame numbers as in a whole read)."""
     fh = open(path, "rb", buffering=0)  # closed in the finally below
     r = _Reader(fh, progress)
     try:
+        stop = _at_span(r, span)
         if not r.need(24):
             stats.warn(name, "file too short for a pcap header", offset=0, reason="damaged capture")
             return
@@ -137,7 +167,12 @@ def iter_pcap(path, name: str, stats: ReplayStats,
         good_sec = -1
         good_data = 24  # where the last good packet's data starts: a resync never goes back before it
         resyncs = 0
+        if span is not None and span.start > 24:
+            pos = good_data = span.start
+            frame = span.frame
         while True:
+            if pos >= stop:  # (a span's end: a record boundary; mapped files only, where buf[0] is byte 0)
+                return
             if blen - pos < 16:
                 r.pos = pos
                 if not r.need(16):
@@ -251,18 +286,25 @@ def _resync_pcapng(r: _Reader, endian: str, interfaces: int) -> bool:
 
 
 def iter_pcapng(path, name: str, stats: ReplayStats,
-                progress: Callable[[int], None] | None = None) -> Iterator[Packet]:
-    """Packets of a pcapng file (sections in either byte order, several interfaces, EPB/SPB/OPB)."""
+                progress: Callable[[int], None] | None = None, span: Span | None = None) -> Iterator[Packet]:
+    """Packets of a pcapng file (sections in either byte order, several interfaces, EPB/SPB/OPB); with ``span``,
+    the packets of that byte range only (frame numbers as in a whole read)."""
     fh = open(path, "rb", buffering=0)  # closed in the finally below
     r = _Reader(fh, progress)
     try:
+        stop = _at_span(r, span)
         endian = "<"
         # per interface: (linktype, divisor or None, multiplier, ts offset seconds)
-        ifaces: list[tuple[int, int, float, int]] = []
+        ifaces: list[Interface] = []
         frame = 0
         last_ts = 0.0
         resyncs = 0
+        if span is not None:
+            r.pos, frame, endian, last_ts = span.start, span.frame, span.endian, span.last_ts
+            ifaces = list(span.interfaces)
         while True:
+            if r.pos >= stop:  # (a span's end: a block boundary; mapped files only, where buf[0] is byte 0)
+                return
             if not r.need(12):
                 if len(r.buf) - r.pos:
                     stats.warn(name, "capture cut inside a block header", offset=r.offset, reason="truncated capture")
@@ -328,23 +370,7 @@ def iter_pcapng(path, name: str, stats: ReplayStats,
                     yield frame, last_ts, ifaces[0][0], buf, pos + 12, caplen  # SPBs carry no time
             elif btype == 1:  # interface description
                 if blen >= 20:
-                    lt = unpack_from(endian + "H", buf, pos + 8)[0]
-                    div, mul, tsoff = 1000000, 0.0, 0
-                    p = pos + 16
-                    while p + 4 <= body_end:
-                        code, olen = unpack_from(endian + "HH", buf, p)
-                        if code == 0:
-                            break
-                        if code == 9 and olen >= 1:
-                            v = buf[p + 4]
-                            if v & 0x80:
-                                div, mul = 0, 2.0 ** -(v & 0x7F)
-                            else:
-                                div, mul = 10 ** v, 0.0
-                        elif code == 14 and olen >= 8:
-                            tsoff = unpack_from(endian + "q", buf, p + 4)[0]
-                        p += 4 + ((olen + 3) & ~3)
-                    ifaces.append((lt, div, mul, tsoff))
+                    ifaces.append(_interface(buf, pos, body_end, endian))
             r.pos = pos + blen
             if not frame & 0x3FFF:
                 r.tick(r.pos)
@@ -353,7 +379,121 @@ def iter_pcapng(path, name: str, stats: ReplayStats,
         fh.close()
 
 
+def _interface(buf: bytes, pos: int, body_end: int, endian: str) -> Interface:
+    """An interface description block at ``pos``: its link type and timestamp resolution and offset."""
+    lt = unpack_from(endian + "H", buf, pos + 8)[0]
+    div, mul, tsoff = 1000000, 0.0, 0
+    p = pos + 16
+    while p + 4 <= body_end:
+        code, olen = unpack_from(endian + "HH", buf, p)
+        if code == 0:
+            break
+        if code == 9 and olen >= 1:
+            v = buf[p + 4]
+            if v & 0x80:
+                div, mul = 0, 2.0 ** -(v & 0x7F)
+            else:
+                div, mul = 10 ** v, 0.0
+        elif code == 14 and olen >= 8:
+            tsoff = unpack_from(endian + "q", buf, p + 4)[0]
+        p += 4 + ((olen + 3) & ~3)
+    return lt, div, mul, tsoff
+
+
 def iter_packets(path, name: str, kind: str, stats: ReplayStats,
-                 progress: Callable[[int], None] | None = None) -> Iterator[Packet]:
-    """Packets of a pcap/pcapng file (``kind`` from :func:`features.sniff.sniff`)."""
-    return (iter_pcapng if kind == "pcapng" else iter_pcap)(path, name, stats, progress)
+                 progress: Callable[[int], None] | None = None, span: Span | None = None) -> Iterator[Packet]:
+    """Packets of a pcap/pcapng file (``kind`` from :func:`features.sniff.sniff`), or of one ``span`` of it."""
+    return (iter_pcapng if kind == "pcapng" else iter_pcap)(path, name, stats, progress, span)
+
+
+def plan_spans(path: str | os.PathLike[str], kind: str, split_bytes: int) -> list[Span]:
+    """Cut a capture into spans of about ``split_bytes`` at packet-record (pcap) or block (pcapng) boundaries, by
+    walking the record headers from the start (each record's length says where the next begins: a capture has
+    no other marker, so this is one sequential read of the headers). The walk checks what a reader checks
+    (plausible lengths, a pcapng block's trailing length, a record cut by the end of the file); at the first
+    sign of damage it stops cutting, so the last span, which runs to the end of the file, gets the damage
+    handling (resynchronisation, reports) of a whole read. The spans cover the file; one span when it is small,
+    not a capture, or not a regular file."""
+    with open(path, "rb") as fh:
+        try:
+            m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return [Span(0, None)]
+        try:
+            return _plan_pcapng(m, split_bytes) if kind == "pcapng" else _plan_pcap(m, split_bytes)
+        finally:
+            m.close()
+
+
+def _plan_pcap(m: mmap.mmap, split_bytes: int) -> list[Span]:
+    size = len(m)
+    if size < 24 or m[:4] not in _PCAP_MAGIC:
+        return [Span(0, None)]
+    endian = _PCAP_MAGIC[m[:4]][0]
+    hdr_len = 24 if m[:4] in (b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34") else 16
+    caplen_at = Struct(endian + "I").unpack_from
+    spans: list[Span] = []
+    pos = start = 24
+    frame = first = 0
+    previous = pos  # where the record before ``pos`` starts
+    while size - pos >= 16:
+        caplen = caplen_at(m, pos + 8)[0]
+        end = pos + hdr_len + caplen
+        if caplen > MAX_PACKET or end > size:
+            # damage or a cut record: the last span reads it as a whole read would, and begins before the
+            # record in front of it (a reader's resynchronisation may look back into that record)
+            if spans and previous < start:
+                start, first = spans[-1].start, spans[-1].frame
+                spans.pop()
+            break
+        previous = pos
+        pos = end
+        frame += 1
+        if pos - start >= split_bytes and pos < size:
+            spans.append(Span(start, pos, first))
+            start, first = pos, frame
+    spans.append(Span(start, None, first))
+    return spans
+
+
+def _plan_pcapng(m: mmap.mmap, split_bytes: int) -> list[Span]:
+    size = len(m)
+    spans: list[Span] = []
+    pos = start = 0
+    frame = first = 0
+    endian, first_endian = "<", "<"
+    ifaces: list[Interface] = []
+    first_ifaces: tuple[Interface, ...] = ()
+    last_ts = first_ts = 0.0
+    while size - pos >= 12:
+        if m[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+            bom = m[pos + 8:pos + 12]
+            if bom not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                break
+            endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+            ifaces = []
+        btype, blen = unpack_from(endian + "II", m, pos)
+        if (blen < 12 or blen % 4 or blen > MAX_BLOCK or pos + blen > size
+                or unpack_from(endian + "I", m, pos + blen - 4)[0] != blen):
+            break  # damage: the last span reads it as a whole read would
+        body_end = pos + blen - 4
+        if btype == 6 or btype == 2:
+            if btype == 6:
+                ifid, hi, lo, caplen = unpack_from(endian + "IIII", m, pos + 8)
+            else:
+                ifid, _drops, hi, lo, caplen = unpack_from(endian + "HHIII", m, pos + 8)
+            frame += 1
+            if ifid < len(ifaces) and pos + 28 + caplen <= body_end:
+                _lt, div, mul, tsoff = ifaces[ifid]
+                v = (hi << 32) | lo
+                last_ts = (v / div if div else v * mul) + tsoff
+        elif btype == 3:
+            frame += 1
+        elif btype == 1 and blen >= 20:
+            ifaces.append(_interface(m, pos, body_end, endian))
+        pos += blen
+        if pos - start >= split_bytes and pos < size:
+            spans.append(Span(start, pos, first, first_endian, first_ifaces, first_ts))
+            start, first, first_endian, first_ifaces, first_ts = pos, frame, endian, tuple(ifaces), last_ts
+    spans.append(Span(start, None, first, first_endian, first_ifaces, first_ts))
+    return spans

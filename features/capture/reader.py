@@ -146,6 +146,22 @@ class CaptureReader:
         yield from cap.flush("open")
 
 
+def count_unused(pstats: ReplayStats, name: str, decoder: Decoder, not_used: int) -> None:
+    """Count, at the end of a read, the ``not_used`` packets that gave no TCP/UDP flow, by the reason the
+    decoder stopped at (link type, ethertype, encapsulation, ...), and the IP fragments it saw."""
+    if not_used:
+        for reason, count in decoder.skipped.items():
+            pstats.skip(f"packets skipped: {reason}", count)
+            not_used -= count
+            if reason.startswith(("link type", "PPI carrying")):  # the file's own fault: name it
+                pstats.warn(name, f"{count} packet(s) skipped: {reason}")
+        decoder.skipped.clear()
+        if not_used > 0:
+            pstats.skip("packets without TCP/UDP over IP (cut headers, fragments awaiting reassembly)", not_used)
+    if decoder.fragments:
+        pstats.skip("IP fragments (reassembled where complete)", decoder.fragments)
+
+
 def _recognise(half: Half, data: bytes) -> bool:
     """Start a TLS or HTTP parser on ``half`` if ``data`` begins a ClientHello or a request (by content)."""
     if looks_like_tls_client_start(data):
@@ -309,19 +325,7 @@ class _Capture:
                         yield from done
                         set_gc(*gc_ours)
         pstats.packets += n
-        if not_used:  # by the reason the decoder stopped at (link type, ethertype, encapsulation, ...)
-            for reason, count in self.decoder.skipped.items():
-                pstats.skip(f"packets skipped: {reason}", count)
-                not_used -= count
-                if reason.startswith(("link type", "PPI carrying")):  # the file's own fault: name it
-                    pstats.warn(self.name, f"{count} packet(s) skipped: {reason}")
-            self.decoder.skipped.clear()
-            if not_used > 0:
-                pstats.skip("packets without TCP/UDP over IP (cut headers, fragments awaiting reassembly)",
-                            not_used)
-        frags = self.decoder.fragments
-        if frags:
-            pstats.skip("IP fragments (reassembled where complete)", frags)
+        count_unused(pstats, self.name, self.decoder, not_used)
         del flows, uflows
 
     # ------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def add_engine_options(p: argparse.ArgumentParser, *, split: bool = False, parti
     if split:
         p.add_argument("--split-mb", type=float, default=16.0, metavar="MB",
                        help="dask engine: files at least this large are read as several tasks (logs in byte "
-                            "ranges on line boundaries, captures in flow shares); default 16")
+                            "ranges on line boundaries, captures in spans on record boundaries routed to flow shares); default 16")
     if partitions:
         p.add_argument("--partitions", type=int, default=None, metavar="N",
                        help="dask engine: partitions of the shuffle by client key (default: from the records' "
