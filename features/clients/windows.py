@@ -224,6 +224,12 @@ def client_features(records: pd.DataFrame, key: str = "src_ip",
         var = np.add.reduceat(dev, starts) / np.maximum(n_conn - 1, 1)
         out["interarrival_cv"] = np.where((n_conn >= 3) & (mean_gap > 0), np.sqrt(var) / mean_gap, np.nan)
     out.update(_content_columns(records, perm, starts, group_id, n_groups, ua, status, has_status, seg_sum))
+    checked, mismatch = _header_family(records, ua)
+    n_checked = seg_sum(checked[perm])
+    out["header_family_checked"] = n_checked
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["header_family_mismatch_share"] = np.where(n_checked > 0, seg_sum(mismatch[perm]) / np.maximum(n_checked, 1),
+                                                       np.nan)
 
     referer = _coded(_column(records, "referer"))
     sources = {"header_order": header_order, "user_agent": ua, "ja3": ja3, "ja4": ja4, "referer": referer}
@@ -275,6 +281,26 @@ def _content_columns(records: pd.DataFrame, perm: np.ndarray, starts: np.ndarray
     referer = _coded(_column(records, "referer"))
     out["referer_absent"] = seg_sum(referer.codes[perm] < 0)
     return out
+
+
+def _header_family(records: pd.DataFrame, ua: _Coded) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: checked (a verdict other than ``unknown``) and inconsistent, by :func:`vector.record_header_family`
+    called once per distinct (header names, User-Agent, HTTP version) combination."""
+    n = len(records)
+    names = _coded(_column(records, "header_names"))
+    checked, mismatch = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    candidate = (names.codes >= 0) & _flag(ua, fv.ua_claims_browser)  # other UAs claim no family: unknown
+    if not candidate.any():
+        return checked, mismatch
+    version = _coded(_column(records, "http_version"))
+    rows = np.flatnonzero(candidate)
+    combos, inverse = np.unique(np.stack([names.codes[rows], ua.codes[rows], version.codes[rows]], axis=1), axis=0,
+                                return_inverse=True)
+    verdicts = np.array([fv.record_header_family(names.uniques[a], ua.uniques[b], version.uniques[c] if c >= 0 else None)
+                         for a, b, c in combos], dtype=object)[np.asarray(inverse).reshape(-1)]
+    checked[rows] = verdicts != "unknown"
+    mismatch[rows] = verdicts == "inconsistent"
+    return checked, mismatch
 
 
 def _distinct_and_mode(codes: np.ndarray, group_id: np.ndarray, n_groups: int,
