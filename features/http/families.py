@@ -71,11 +71,12 @@ def claimed_family(ua: str | None) -> str | None:
 
 
 def is_h2_or_later(http_version: str | None) -> bool:
-    """True for HTTP/2, HTTP/3 and SPDY (``features.logs.har.normalise_http_version`` spellings and ``h2``)."""
+    """True for HTTP/2, HTTP/3 and SPDY: ``features.logs.har.normalise_http_version`` spellings, ``h2``/``h3``
+    and the ASGI scope's ``"2"``/``"3"``."""
     if not http_version:
         return False
-    v = str(http_version).upper()
-    return v.startswith(("HTTP/2", "HTTP/3", "SPDY", "H2", "H3"))
+    v = str(http_version).strip().upper()
+    return v.startswith(("HTTP/2", "HTTP/3", "SPDY", "H2", "H3", "2", "3"))
 
 
 def check_names(names: Sequence[str], family: str, h2: bool = False,
