@@ -136,11 +136,12 @@ def test_absent_headers_are_unknown_never_inconsistent() -> None:
     assert (feats["header_family_checked"] == 0).all() and feats["header_family_mismatch_share"].isna().all()
 
 
-def _jsonl_line(ts: float, ip: str, ua: str, names: list[str]) -> str:
+def _jsonl_line(ts: float, ip: str, ua: str, names: list[str], version: str) -> str:
     headers = [[n, ua if n.lower() == "user-agent" else "x"] for n in names]
+    protocol = "HTTP/2.0" if version == "2" else "HTTP/1.1"
     return json.dumps({"msec": ts, "remote_addr": ip, "remote_port": 40000, "server_addr": "127.0.0.1",
-                       "server_port": 8000, "scheme": "http", "request": "GET /events HTTP/1.1",
-                       "request_method": "GET", "request_uri": "/events", "server_protocol": "HTTP/1.1",
+                       "server_port": 8000, "scheme": "http", "request": f"GET /events {protocol}",
+                       "request_method": "GET", "request_uri": "/events", "server_protocol": protocol,
                        "status": 200, "body_bytes_sent": 10, "request_time": 0.001, "http_referer": None,
                        "http_user_agent": ua, "headers": headers})
 
@@ -155,29 +156,33 @@ def test_batch_and_live_give_the_same_feature(tmp_path: Path) -> None:
 
     t0 = 1_700_000_100.0
     curl_order = ["Host", "User-Agent", "Accept"]
-    plan = []  # (ts, ip, ua, header names)
+    h2 = [n.lower() for n in CHROMIUM_ORDER if n not in ("Host", "Connection")]
+    plan = []  # (ts, ip, ua, header names, ASGI http_version)
     for i in range(4):
-        plan.append((t0 + i, "10.9.0.1", CHROME, CHROMIUM_ORDER))          # a browser: consistent
-        plan.append((t0 + i, "10.9.0.2", CHROME, curl_order))              # curl with a Chrome UA
-        plan.append((t0 + i, "10.9.0.3", FIREFOX, FIREFOX_ORDER if i % 2 else CHROMIUM_ORDER))  # half wrong
-        plan.append((t0 + i, "10.9.0.4", "curl/8.4.0", curl_order))        # honest curl: unknown
+        plan.append((t0 + i, "10.9.0.1", CHROME, CHROMIUM_ORDER, "1.1"))    # a browser: consistent
+        plan.append((t0 + i, "10.9.0.2", CHROME, curl_order, "1.1"))        # curl with a Chrome UA
+        plan.append((t0 + i, "10.9.0.3", FIREFOX, FIREFOX_ORDER if i % 2 else CHROMIUM_ORDER, "1.1"))  # half wrong
+        plan.append((t0 + i, "10.9.0.4", "curl/8.4.0", curl_order, "1.1"))  # honest curl: unknown
+        plan.append((t0 + i, "10.9.0.5", CHROME, h2, "2"))                  # HTTP/2: no Host/Connection to send
     log = tmp_path / "access.jsonl"
     log.write_text("".join(_jsonl_line(*p) + "\n" for p in plan), encoding="utf-8")
     stats = ReplayStats()
     batch = client_features(pd.DataFrame(list(read_file(log, stats))), window=300.0).set_index("key")
-    assert len(batch) == 4 and int(batch["n_conn"].sum()) == len(plan) and not stats.skipped
+    assert len(batch) == 5 and int(batch["n_conn"].sum()) == len(plan) and not stats.skipped
 
     times = iter([p[0] for p in plan])
     live = LiveReputation(ReputationEngine(MemoryStore()), features=OnlineClientFeatures("src_ip", 300.0),
                           clock=lambda: next(times, t0 + 10))
-    for _ts, ip, ua, names in plan:
+    for _ts, ip, ua, names, version in plan:  # as the gate layer annotates the context from the ASGI scope
         ctx = RequestContext(ClientIdentity(ip=ip))
         ctx.extra["headers"] = [(n.lower().encode("latin-1"), (ua if n.lower() == "user-agent" else "x").encode())
                                 for n in names]
+        ctx.extra["http_version"] = version
         live.observer("open", ctx, {})
     asyncio.run(live.flush())
 
-    expected = {"10.9.0.1": (4, 0.0), "10.9.0.2": (4, 1.0), "10.9.0.3": (4, 0.5), "10.9.0.4": (0, math.nan)}
+    expected = {"10.9.0.1": (4, 0.0), "10.9.0.2": (4, 1.0), "10.9.0.3": (4, 0.5), "10.9.0.4": (0, math.nan),
+                "10.9.0.5": (4, 0.0)}
     for ip, (checked, share) in expected.items():
         vec = live.features.vector(ip)
         row = batch.loc[ip]
