@@ -6,6 +6,7 @@ Usage::
     python data/make_header_families.py ../shared/corpus              # rewrites features/http/header_family_table.py
     python data/make_header_families.py ../shared/corpus --evaluate   # also prints the transfer figures (JSON)
     python data/make_header_families.py ../shared/corpus --check      # exit 1 if the committed table is stale
+    python data/make_header_families.py ../shared/corpus --evaluate --captures  # + plain HTTP of the pcaps
 
 Inputs: ``CORPUS/har/*.har`` (sitespeedio/pagexray test files: Chrome 44/48/63, Firefox 43). The evaluation also
 reads this folder's ``sample-access.jsonl`` (the project's own loopback recording: curl, Python urllib,
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("corpus", type=Path, help="the reference corpus (its har/ folder is read)")
     parser.add_argument("-o", "--output", type=Path, default=TABLE, help="module to write (default: %(default)s)")
     parser.add_argument("--evaluate", action="store_true", help="print the transfer figures as JSON")
+    parser.add_argument("--captures", action="store_true",
+                        help="with --evaluate: also judge the plain-HTTP requests of CORPUS/pcap (slower, ~1 min)")
     parser.add_argument("--check", action="store_true", help="only compare with the committed table")
     args = parser.parse_args(argv)
     hars = sorted((args.corpus / "har").glob("*.har"))
@@ -48,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output}: " + ", ".join(f"{f} {len(r['required'])} required, {len(r['before'])} pairs"
                                                 for f, r in table.items()) + f"; {summary}")
     if args.evaluate:
-        print(json.dumps(evaluate(hars, [SAMPLE] if SAMPLE.is_file() else []), indent=1, sort_keys=True))
+        captures = sorted(p for p in (args.corpus / "pcap").rglob("*") if p.suffix in (".pcap", ".pcapng")) \
+            if args.captures else []
+        print(json.dumps(evaluate(hars, [SAMPLE] if SAMPLE.is_file() else [], captures), indent=1, sort_keys=True))
     return 0
 
 

@@ -27,7 +27,7 @@ Which requests teach what (every choice is a guard against copying one file's qu
 applied to its requests), cross-family swaps (a Chrome request with a Firefox UA and vice versa), real non-browser
 header lists (the project's own loopback sample: curl, Python urllib, python-requests, ``openssl s_client``) under
 browser UAs, and a modern headless Chromium page load from the same sample (a browser 90+ versions newer than the
-HARs).
+HARs); with ``--captures``, the plain-HTTP requests of the corpus' pcaps (unlabelled: listed with their verdicts).
 """
 
 from __future__ import annotations
@@ -218,9 +218,10 @@ def _verdicts(requests: Iterable[Request], table: Mapping[str, Mapping[str, Any]
     return out
 
 
-def evaluate(har_paths: Sequence[str | Path], sample_paths: Sequence[str | Path] = ()) -> dict[str, Any]:
+def evaluate(har_paths: Sequence[str | Path], sample_paths: Sequence[str | Path] = (),
+             capture_paths: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Transfer figures of the rules (see the module docstring). Counts are of requests: ``consistent``,
-    ``inconsistent``, ``unknown``."""
+    ``inconsistent``, ``unknown``. ``capture_paths``: pcaps whose plain-HTTP requests are judged too (unlabelled)."""
     har, _ = read_requests(har_paths)
     full = learn(har)
     report: dict[str, Any] = {"loso": {}, "table": {f: {"required": len(r["required"]), "before": len(r["before"])}
@@ -248,4 +249,24 @@ def evaluate(har_paths: Sequence[str | Path], sample_paths: Sequence[str | Path]
         report["sample_browser_ua"] = dict(_verdicts(lying, full))
         chromium = [r for r in sample if r.ua and "Chrome/" in r.ua and claimed_family(r.ua) is None]
         report["headless_chromium_as_chrome"] = dict(_verdicts(chromium, full, "chromium"))
+    if capture_paths:
+        report["captures"] = _captures(capture_paths, full, other)
     return report
+
+
+def _captures(paths: Sequence[str | Path], table: Mapping[str, Mapping[str, Any]],
+              other: Mapping[str, str]) -> dict[str, Any]:
+    """Plain-HTTP requests found in captures (no labels: each browser-UA claim is listed with its verdict; the
+    non-browser header lists are also judged under Chrome and Firefox UAs)."""
+    requests, _ = read_requests(paths)
+    claims = Counter()
+    for r in requests:
+        if r.family is not None:
+            fam = str(r.family)
+            verdict, reason = check_names(r.names, fam, is_h2_or_later(r.version), table)
+            claims[f"{r.source} | {(r.ua or '')[:110]} | {','.join(r.names)} -> {verdict} {reason}".strip()] += 1
+    lists = {r.names for r in requests if r.family is None and len(r.names) >= 2 and "user-agent" in r.names}
+    scripts = [Request("captures", None, names, "HTTP/1.1", None) for names in sorted(lists)]
+    return {"requests_with_headers": len(requests), "browser_ua_claims": dict(claims),
+            "non_browser_lists": len(scripts),
+            "non_browser_lists_under_browser_ua": {fam: dict(_verdicts(scripts, table, fam)) for fam in other}}

@@ -126,6 +126,12 @@ def test_absent_headers_are_unknown_never_inconsistent() -> None:
     ios_chrome = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
                   "CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1")
     assert claimed_family(ios_chrome) == "safari"  # WebKit's network stack on iOS, whatever the brand
+    # legacy Edge (EdgeHTML) sends Internet Explorer's order (a corpus capture shows it): no Chromium rules apply
+    legacy_edge = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                   "Chrome/42.0.2311.135 Safari/537.36 Edge/12.10240")
+    ie_order = ["Accept", "Referer", "Accept-Language", "User-Agent", "Accept-Encoding", "Host", "Connection"]
+    assert header_family_verdict(ie_order, legacy_edge) == ("unknown", "no header rules for edgehtml")
+    assert header_family_verdict(ie_order, legacy_edge.replace("Edge/12.10240", "Edg/124.0.0.0"))[0] == "inconsistent"
     # an access log records no header names: every client of the combined-format sample is unknown
     stats = ReplayStats()
     records = pd.DataFrame(list(read_file(ROOT / "data" / "sample-access.log", stats)))

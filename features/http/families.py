@@ -18,7 +18,8 @@ how the rules generalise). Per family they are
 
 :func:`header_family_verdict` gives ``"consistent"``, ``"inconsistent"`` or ``"unknown"`` (with the reason):
 ``unknown`` when the header names are not known (an access log records none), when the UA claims no browser, or
-when it claims a family without rules (Safari and WebKit-on-iOS browsers: the corpus holds no such HAR). A request
+when it claims a family without rules (Safari and WebKit-on-iOS browsers, legacy EdgeHTML: the corpus holds no
+such HAR). A request
 whose headers are unknown is never ``inconsistent``. Header names the rules do not mention (``sec-ch-ua``, custom
 headers, proxy additions such as ``x-forwarded-for``) are ignored, so newer browser versions that add headers stay
 consistent.
@@ -57,16 +58,21 @@ FAMILY_OF_UA: dict[str, str] = {"chrome": "chromium", "edge": "chromium", "opera
 
 #: Browsers on iOS must use WebKit's network stack whatever their brand: their headers are Safari's.
 _IOS_WEBKIT = re.compile(r"CriOS/|FxiOS/|EdgiOS/|OPiOS/")
+#: Legacy Edge (EdgeHTML, ``Edge/12``–``Edge/18``) is no Chromium: it sends Internet Explorer's order (seen in the
+#: corpus captures). Chromium Edge says ``Edg/``.
+_EDGE_HTML = re.compile(r"\bEdge/\d")
 
 
 @lru_cache(maxsize=65536)
 def claimed_family(ua: str | None) -> str | None:
-    """The header family a User-Agent claims (``chromium``, ``firefox``, ``safari``), or ``None`` when it claims
-    no interactive browser (:func:`headers.is_browser_ua`: libraries, self-declared bots and headless browsers)."""
+    """The header family a User-Agent claims (``chromium``, ``firefox``, ``safari``, ``edgehtml``), or ``None`` when
+    it claims no interactive browser (:func:`headers.is_browser_ua`: libraries, self-declared bots and headless browsers)."""
     if not ua or not is_browser_ua(ua):
         return None
     if _IOS_WEBKIT.search(ua):
         return "safari"
+    if _EDGE_HTML.search(ua):
+        return "edgehtml"
     return FAMILY_OF_UA.get(ua_family(ua))
 
 
