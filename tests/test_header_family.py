@@ -214,3 +214,17 @@ def test_named_rule_and_explanation() -> None:
     assert nats[1] == 0 and nats[2] == 0 and words[2] == ""
     explained = explain_signals(frame)
     assert "header_family_mismatch 1.00" in explained[0] and explained[1] == "" and explained[2] == ""
+
+
+def test_a_browser_ua_no_longer_lifts_a_client_whose_headers_contradict_it() -> None:
+    """The sample's curl with a Chrome UA (127.0.0.6) was the best-scored client of the sample under the default
+    bundle (the browser UA lifted it); with the named rule its score drops below the honest curl's (127.0.0.2)."""
+    from stormguard.models.train import load_model
+
+    model = load_model(ROOT / "data" / "default-model.skops")
+    model = model[0] if isinstance(model, tuple) else model
+    records = pd.DataFrame(list(read_file(SAMPLE, ReplayStats())))
+    scores = model.score_frame(client_features(records, window=300.0)).set_index("key")
+    assert "headers contradict the browser its UA claims" in scores.loc["127.0.0.6", "reasons"]
+    assert scores.loc["127.0.0.6", "score"] < scores.loc["127.0.0.2", "score"]
+    assert "headers contradict" not in scores.loc["127.0.0.1", "reasons"]  # the real (headless) Chromium
