@@ -294,10 +294,15 @@ def _header_family(records: pd.DataFrame, ua: _Coded) -> tuple[np.ndarray, np.nd
         return checked, mismatch
     version = _coded(_column(records, "http_version"))
     rows = np.flatnonzero(candidate)
-    combos, inverse = np.unique(np.stack([names.codes[rows], ua.codes[rows], version.codes[rows]], axis=1), axis=0,
-                                return_inverse=True)
-    verdicts = np.array([fv.record_header_family(names.uniques[a], ua.uniques[b], version.uniques[c] if c >= 0 else None)
-                         for a, b, c in combos], dtype=object)[np.asarray(inverse).reshape(-1)]
+    n_ua, n_version = len(ua.uniques), len(version.uniques) + 1  # version code -1 (null) -> 0
+    combined = (names.codes[rows] * n_ua + ua.codes[rows]) * n_version + (version.codes[rows] + 1)
+    inverse, combos = pd.factorize(combined)  # hashing, no sort: few distinct combinations
+    combos = np.asarray(combos, dtype=np.int64)
+    ver, rest = combos % n_version, combos // n_version
+    verdicts = np.array([fv.record_header_family(names.uniques[a], ua.uniques[b],
+                                                 version.uniques[c - 1] if c > 0 else None)
+                         for a, b, c in zip(rest // n_ua, rest % n_ua, ver, strict=True)],
+                        dtype=object)[np.asarray(inverse)]
     checked[rows] = verdicts != "unknown"
     mismatch[rows] = verdicts == "inconsistent"
     return checked, mismatch
