@@ -158,7 +158,7 @@ class OnlineClientFeatures:
 
         ua = fv.clean(event.get("user_agent"))
         ja4 = fv.clean(event.get("ja4"))
-        names = fv.clean(event.get("header_names"))
+        names = fv.joined_names(event.get("header_names"))  # the live server hands over a list: joined once
         entropy = fv.record_entropy(names, event.get("header_entropy"))
         if entropy is not None:
             win.entropy_sum += entropy

@@ -76,6 +76,7 @@ def claimed_family(ua: str | None) -> str | None:
     return FAMILY_OF_UA.get(ua_family(ua))
 
 
+@lru_cache(maxsize=64)
 def is_h2_or_later(http_version: str | None) -> bool:
     """True for HTTP/2, HTTP/3 and SPDY: ``features.logs.har.normalise_http_version`` spellings, ``h2``/``h3``
     and the ASGI scope's ``"2"``/``"3"``."""
