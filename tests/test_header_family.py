@@ -228,3 +228,18 @@ def test_a_browser_ua_no_longer_lifts_a_client_whose_headers_contradict_it() -> 
     assert "headers contradict the browser its UA claims" in scores.loc["127.0.0.6", "reasons"]
     assert scores.loc["127.0.0.6", "score"] < scores.loc["127.0.0.2", "score"]
     assert "headers contradict" not in scores.loc["127.0.0.1", "reasons"]  # the real (headless) Chromium
+
+
+def test_feature_files_written_before_the_columns_read_as_not_checked(tmp_path: Path) -> None:
+    from stormguard.features.clients.windows import read_features, write_features
+
+    records = pd.DataFrame(list(read_file(SAMPLE, ReplayStats())))
+    old = client_features(records, window=None).drop(columns=["header_family_checked",
+                                                              "header_family_mismatch_share"])
+    for name in ("old.parquet", "old.csv"):
+        write_features(old, tmp_path / name)
+        back = read_features(tmp_path / name)
+        assert (back["header_family_checked"] == 0).all() and back["header_family_mismatch_share"].isna().all()
+    with pytest.raises(ValueError, match="missing column"):
+        write_features(old.drop(columns=["n_conn"]), tmp_path / "broken.csv")
+        read_features(tmp_path / "broken.csv")

@@ -46,6 +46,11 @@ from stormguard.schema import HEADER_NAME_SEP
 #: Bump when a feature's meaning, name or dtype changes (model bundles record it and refuse a mismatch).
 FEATURE_SCHEMA_VERSION = 2
 
+#: Columns appended within schema 2, with the value a file written before them is read with: the header-family
+#: columns mean "not checked" there (0 checked, share NaN), which is what such a window was. No model bundle reads
+#: them as inputs (the content model's named rule does, and finds no evidence), so bundles stay valid.
+ADDED_COLUMNS: dict[str, float] = {"header_family_checked": 0, "header_family_mismatch_share": math.nan}
+
 #: Distinct-value counters stop counting here (see module docstring).
 DISTINCT_CAP = 32
 

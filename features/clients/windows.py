@@ -388,6 +388,9 @@ def read_features(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={c: "string" for c, d in fv.FEATURE_COLUMNS.items() if d == "string"})
     else:
         raise ValueError(f"{path}: features must be .parquet or .csv")
+    for col, value in fv.ADDED_COLUMNS.items():  # written before these columns existed: "not checked"
+        if col not in frame.columns:
+            frame[col] = value
     missing = [c for c in fv.FEATURE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a feature file (missing column(s) {missing})")
