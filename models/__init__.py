@@ -9,6 +9,8 @@
 - :mod:`stormguard.models.sources`: labelled corpus sources and labelling functions (weak supervision).
 - :mod:`stormguard.models.transfer` / :mod:`~stormguard.models.transfer_cli`: leave-one-source-out evaluation.
 - :mod:`stormguard.models.frames`: feature-table column helpers shared by the models.
+- :mod:`stormguard.models.header_families`: header rules per browser family learned from real HARs, and their
+  leave-one-HAR-source-out evaluation (``data/make_header_families.py``).
 
 Nothing is imported here, so ``import stormguard.models`` costs nothing until a submodule is used: scikit-learn
 and skops load only for whoever needs them, never on the server's import path by accident.

@@ -22,16 +22,18 @@ from stormguard.features.clients.windows import client_features
 from stormguard.schema import records_frame
 
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
-UAS = [None, CHROME, "() { :; }; /bin/bash -c id", "curl/8.4.0", "python-requests/2.31", "Mozilla/5.0 (compatible; Googlebot/2.1)", "-x-"]
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+UAS = [None, CHROME, FIREFOX, "() { :; }; /bin/bash -c id", "curl/8.4.0", "python-requests/2.31", "Mozilla/5.0 (compatible; Googlebot/2.1)", "-x-"]
 JA3S = [None, "e7d705a3286e19ea42f587b344ee6865", "6734f37431670b3ab4292b8f60f29984", "a"]
 JA4S = [None, "t13d1516h2_8daaf6152771_e5627efa2ab1", "t13d311100_aaaaaaaaaaaa_bbbbbbbbbbbb",
         "t13d1516h1_8daaf6152771_e5627efa2ab1", "garbage"]
 HEADERS = [None, "", "Host", "Host,User-Agent,Accept", "host,user-agent,accept,cookie",
-           "Host,Connection,User-Agent,Accept,Accept-Encoding,Accept-Language,Referer"]
+           "Host,Connection,User-Agent,Accept,Accept-Encoding,Accept-Language,Referer",
+           "Host,User-Agent,Accept,Accept-Language,Accept-Encoding,Connection"]
 # floats exercised as-is (IEEE arithmetic is what both sides share)
 EXACT = ("window_start", "window_seconds", "first_ts", "last_ts", "conn_rate_per_min", "mean_interarrival",
          "min_interarrival", "ua_missing_share", "ua_browser_share", "tls_library_share", "ua_tls_mismatch_share",
-         "error_share")
+         "error_share", "header_family_mismatch_share")
 CLOSE = ("header_entropy_mean", "interarrival_cv", "path_depth_mean", "query_length_mean", "query_entropy_mean")
 # request targets: assets, pages, probes, payloads (encoded too), long ones, robots.txt
 PATHS = [None, "/", "/index.html", "/css/site.css", "/img/a.png?v=3", "/wp-login.php", "/.git/config",

@@ -158,7 +158,7 @@ class OnlineClientFeatures:
 
         ua = fv.clean(event.get("user_agent"))
         ja4 = fv.clean(event.get("ja4"))
-        names = fv.clean(event.get("header_names"))
+        names = fv.joined_names(event.get("header_names"))  # the live server hands over a list: joined once
         entropy = fv.record_entropy(names, event.get("header_entropy"))
         if entropy is not None:
             win.entropy_sum += entropy
@@ -180,6 +180,10 @@ class OnlineClientFeatures:
         if ua is not None and ja4 is not None:
             win.n_ua_and_ja4 += 1
             win.n_mismatch += browser and library
+        verdict = fv.record_header_family(names, ua, event.get("http_version"))
+        if verdict != "unknown":
+            win.add("header_family_checked")
+            win.add("header_family_mismatch", verdict == "inconsistent")
         status = fv.clean(event.get("status"))
         if status is not None:
             self._count_status(win, int(status))
@@ -324,6 +328,9 @@ class OnlineClientFeatures:
         for col in fv.PATH_MEANS:
             out[col] = content.get(col, 0.0) / n_path if n_path else math.nan
         out["distinct_paths"] = len(win.paths)
+        checked = int(content.get("header_family_checked", 0))
+        out["header_family_checked"] = checked
+        out["header_family_mismatch_share"] = fv.share(int(content.get("header_family_mismatch", 0)), checked)
         return {col: out[col] for col in fv.FEATURE_COLUMNS}
 
     def expire(self, now: float) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from stormguard.features.clients.content import LONG_URL_CHARS, METHOD_CLASSES, STATUS_CLASSES
+from stormguard.features.http.families import header_family_verdict
 from stormguard.features.http.headers import (
     header_entropy,
     header_order_fingerprint,
@@ -40,8 +41,15 @@ from stormguard.features.http.headers import (
     tls_client_class,
 )
 
+from stormguard.schema import HEADER_NAME_SEP
+
 #: Bump when a feature's meaning, name or dtype changes (model bundles record it and refuse a mismatch).
 FEATURE_SCHEMA_VERSION = 2
+
+#: Columns appended within schema 2, with the value a file written before them is read with: the header-family
+#: columns mean "not checked" there (0 checked, share NaN), which is what such a window was. No model bundle reads
+#: them as inputs (the content model's named rule does, and finds no evidence), so bundles stay valid.
+ADDED_COLUMNS: dict[str, float] = {"header_family_checked": 0, "header_family_mismatch_share": math.nan}
 
 #: Distinct-value counters stop counting here (see module docstring).
 DISTINCT_CAP = 32
@@ -126,6 +134,9 @@ FEATURE_COLUMNS: dict[str, str] = {
     "referer_absent": "int64",
     "distinct_referers": "int64",
     "interarrival_cv": "float64",
+    # header set/order vs the browser family the UA claims (features/http/families.py)
+    "header_family_checked": "int64",
+    "header_family_mismatch_share": "float64",
 }
 
 #: Window mean column -> :data:`content.PATH_VALUES` name (sum over requests with a path / ``n_path``).
@@ -194,6 +205,11 @@ FEATURE_DOCS: dict[str, str] = {
     "distinct_referers": "distinct Referer values, capped at DISTINCT_CAP",
     "interarrival_cv": "coefficient of variation (population std / mean) of the gaps between consecutive starts; "
                        "NaN if n_conn < 3 or the mean gap is 0 (scripts are regular, people are not)",
+    "header_family_checked": "connections whose header names are known and whose UA claims a browser family with "
+                             "header rules (families.header_family_verdict is not 'unknown')",
+    "header_family_mismatch_share": "share of the checked connections whose header set or order contradicts the "
+                                    "browser family their UA claims (a script copying a browser UA); NaN if none "
+                                    "was checked (no headers recorded, no browser UA)",
 }
 
 #: (count column, mode column or None, record-derived value name) for the distinct/mode features.
@@ -264,26 +280,42 @@ def window_start_of(ts: float, window: float | None) -> float:
     return float(math.floor(ts / window) * window)
 
 
-def record_entropy(header_names: str | None, header_entropy_value: Any) -> float | None:
+def joined_names(header_names: Any) -> str | None:
+    """A ``header_names`` value as the record column holds it (names joined with ``","``): the live server hands
+    over a list of names, records hold the joined text; ``None`` for a null of any flavour."""
+    if isinstance(header_names, list | tuple):
+        return HEADER_NAME_SEP.join(str(n) for n in header_names)
+    names = clean(header_names)
+    return None if names is None else str(names)
+
+
+def record_entropy(header_names: str | Sequence[str] | None, header_entropy_value: Any) -> float | None:
     """A record's header entropy: its own ``header_entropy`` column, else computed from ``header_names``."""
     value = clean(header_entropy_value)
     if value is not None:
         return float(value)
-    names = clean(header_names)
+    names = joined_names(header_names)
     if names is None:
         return None
-    return entropy_of_joined(str(names))
+    return entropy_of_joined(names)
 
 
-def record_header_order(header_names: str | None, header_order_value: Any) -> str | None:
+def record_header_order(header_names: str | Sequence[str] | None, header_order_value: Any) -> str | None:
     """A record's header-order fingerprint: its ``header_order`` column, else computed from ``header_names``."""
     value = clean(header_order_value)
     if value is not None:
         return str(value)
-    names = clean(header_names)
+    names = joined_names(header_names)
     if names is None:
         return None
-    return order_of_joined(str(names))
+    return order_of_joined(names)
+
+
+def record_header_family(header_names: str | Sequence[str] | None, ua: Any, http_version: Any) -> str:
+    """A record's :func:`families.header_family_verdict`: ``consistent``, ``inconsistent`` or ``unknown``."""
+    ua_text, version = clean(ua), clean(http_version)
+    return header_family_verdict(joined_names(header_names), None if ua_text is None else str(ua_text),
+                                 None if version is None else str(version))[0]
 
 
 @lru_cache(maxsize=16384)

@@ -224,6 +224,12 @@ def client_features(records: pd.DataFrame, key: str = "src_ip",
         var = np.add.reduceat(dev, starts) / np.maximum(n_conn - 1, 1)
         out["interarrival_cv"] = np.where((n_conn >= 3) & (mean_gap > 0), np.sqrt(var) / mean_gap, np.nan)
     out.update(_content_columns(records, perm, starts, group_id, n_groups, ua, status, has_status, seg_sum))
+    checked, mismatch = _header_family(records, ua)
+    n_checked = seg_sum(checked[perm])
+    out["header_family_checked"] = n_checked
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["header_family_mismatch_share"] = np.where(n_checked > 0, seg_sum(mismatch[perm]) / np.maximum(n_checked, 1),
+                                                       np.nan)
 
     referer = _coded(_column(records, "referer"))
     sources = {"header_order": header_order, "user_agent": ua, "ja3": ja3, "ja4": ja4, "referer": referer}
@@ -275,6 +281,31 @@ def _content_columns(records: pd.DataFrame, perm: np.ndarray, starts: np.ndarray
     referer = _coded(_column(records, "referer"))
     out["referer_absent"] = seg_sum(referer.codes[perm] < 0)
     return out
+
+
+def _header_family(records: pd.DataFrame, ua: _Coded) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: checked (a verdict other than ``unknown``) and inconsistent, by :func:`vector.record_header_family`
+    called once per distinct (header names, User-Agent, HTTP version) combination."""
+    n = len(records)
+    names = _coded(_column(records, "header_names"))
+    checked, mismatch = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    candidate = (names.codes >= 0) & _flag(ua, fv.ua_claims_browser)  # other UAs claim no family: unknown
+    if not candidate.any():
+        return checked, mismatch
+    version = _coded(_column(records, "http_version"))
+    rows = np.flatnonzero(candidate)
+    n_ua, n_version = len(ua.uniques), len(version.uniques) + 1  # version code -1 (null) -> 0
+    combined = (names.codes[rows] * n_ua + ua.codes[rows]) * n_version + (version.codes[rows] + 1)
+    inverse, combos = pd.factorize(combined)  # hashing, no sort: few distinct combinations
+    combos = np.asarray(combos, dtype=np.int64)
+    ver, rest = combos % n_version, combos // n_version
+    verdicts = np.array([fv.record_header_family(names.uniques[a], ua.uniques[b],
+                                                 version.uniques[c - 1] if c > 0 else None)
+                         for a, b, c in zip(rest // n_ua, rest % n_ua, ver, strict=True)],
+                        dtype=object)[np.asarray(inverse)]
+    checked[rows] = verdicts != "unknown"
+    mismatch[rows] = verdicts == "inconsistent"
+    return checked, mismatch
 
 
 def _distinct_and_mode(codes: np.ndarray, group_id: np.ndarray, n_groups: int,
@@ -357,6 +388,9 @@ def read_features(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={c: "string" for c, d in fv.FEATURE_COLUMNS.items() if d == "string"})
     else:
         raise ValueError(f"{path}: features must be .parquet or .csv")
+    for col, value in fv.ADDED_COLUMNS.items():  # written before these columns existed: "not checked"
+        if col not in frame.columns:
+            frame[col] = value
     missing = [c for c in fv.FEATURE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a feature file (missing column(s) {missing})")

@@ -103,6 +103,7 @@ class BlockedFastPath:
             ctx = RequestContext(ClientIdentity(ip=ip, port=client[1], peer_ip=ip, token_key=token_key(scope)),
                                  tier="blocked", score=score, refused=LAYER)
             ctx.extra["headers"] = scope.get("headers", ())
+            ctx.extra["http_version"] = scope.get("http_version")
             self.refuser.on_refusal(ctx, LAYER, REASON, action)
         return self._messages(action, retry_ms)
 

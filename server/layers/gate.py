@@ -52,6 +52,7 @@ class ReputationGateMiddleware:
             return
         ctx = get_context(scope)
         ctx.extra["headers"] = scope.get("headers", ())   # a reference, for gates and observers (User-Agent…)
+        ctx.extra["http_version"] = scope.get("http_version")  # "1.1", "2": which headers a browser must send
         decision = await self.gate(ctx)
         if decision is not None:
             if decision.tier is not None:

@@ -194,7 +194,8 @@ class LiveReputation:
         headers = ctx.extra.get("headers")
         return {"src_ip": ident.ip, "ts": ts, "status": status, "ja3": ident.ja3, "ja4": ident.ja4,
                 "user_agent": _header(headers, b"user-agent"),
-                "header_names": [k.decode("latin-1") for k, _ in headers] if headers else None}
+                "header_names": [k.decode("latin-1") for k, _ in headers] if headers else None,
+                "http_version": ctx.extra.get("http_version")}
 
     def _evidence(self, key: str) -> tuple[dict[str, Any] | None, tuple[str, float | None], dict[str, Any]]:
         vec = self.features.vector(key)
