@@ -9,13 +9,24 @@ synchronises anything and no assertion is about time.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
+from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from server_harness import SSEClient, running_server, stream_rating
+from stormguard.scoring.engine import ReputationEngine
+from stormguard.scoring.stores import open_store
+from stormguard.server.context import ClientIdentity, RequestContext
+from stormguard.server.hub.backlog import SlowReaderGuard, kernel_backlog
+from stormguard.server.live.rules import LiveReputation
+
+from stormguard.config import Config
 
 SLOW = 'stormguard_evictions_total{reason="slow_reader"}'
 PENALTIES = 'stormguard_reputation_penalties_total{rule="slow_reader"}'
@@ -49,6 +60,10 @@ def _audit(path: Path, client: str, action: str) -> list[dict]:
 
 def _reputation(srv, key: str) -> dict:
     return httpx.get(srv.url + "/_test/reputation", params={"op": "get", "key": key}, timeout=10).json()
+
+
+def ctx(ip: str) -> RequestContext:
+    return RequestContext(ClientIdentity(ip=ip, port=1, peer_ip=ip))
 
 
 def _open_stream(port: int, source: str) -> SSEClient | None:
@@ -157,3 +172,89 @@ def test_reader_falling_behind_is_ended_at_the_byte_bound_and_backlog_stays_boun
         assert slow.eof
         slow.close()
         reader.close()
+
+
+# -- the check and the rule without a server: real loopback sockets, a hand-driven clock -----------------------------
+
+class _Transport:
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered = buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def _stream(sock: socket.socket, transport: _Transport | None = None) -> SimpleNamespace:
+    """What the guard reads of a ``Stream`` (its slots of the same names)."""
+    return SimpleNamespace(mailbox=deque(), sock=sock, transport=transport or _Transport(), last_write=0.0,
+                           drained=-1.0, acked=None, pending=0, stall_since=None)
+
+
+@pytest.fixture
+def stalled_pair():
+    """(server side, client side) of a loopback connection whose client (2 KiB receive buffer) does not read, with
+    more written to it than its window takes: bytes wait in the server's kernel."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+    server.setblocking(False)
+    sent = server.send(b"x" * 16384)
+    assert sent > 0
+    try:
+        yield server, client
+    finally:
+        server.close()
+        client.close()
+
+
+def test_guard_ends_a_stream_only_after_the_timeout_without_acknowledgement(stalled_pair) -> None:
+    server, client = stalled_pair
+    guard = SlowReaderGuard(timeout=0.5, max_bytes=1 << 20)
+    stream = _stream(server)
+    queued, acked = kernel_backlog(server)
+    assert queued > 0 and acked is not None and acked < 16384     # the window closed: bytes wait, unacknowledged
+    assert not guard.check(stream, 100.0)                          # first look: the stall starts now
+    assert not guard.check(stream, 100.4)
+    assert guard.check(stream, 100.5)                              # nothing acknowledged for the timeout
+    assert guard.peak_bytes >= queued
+    got = 0
+    while got < 16384:                                             # the client reads at last: progress
+        got += len(client.recv(65536))
+    _until("the backlog drained", lambda: kernel_backlog(server)[0] == 0)
+    assert not guard.check(stream, 101.0) and stream.stall_since is None and stream.drained == 101.0
+    probes = guard.probes
+    assert not guard.check(stream, 102.0) and guard.probes == probes   # nothing written since drained: not asked
+
+
+def test_guard_byte_bound_and_switches(stalled_pair) -> None:
+    server, _ = stalled_pair
+    queued, _ = kernel_backlog(server)
+    assert not SlowReaderGuard(timeout=0, max_bytes=queued + 1000).check(_stream(server, _Transport(999)), 1.0)
+    assert SlowReaderGuard(timeout=0, max_bytes=queued + 1000).check(_stream(server, _Transport(1001)), 1.0)
+    assert not SlowReaderGuard(timeout=0, max_bytes=0).enabled            # both off: the hub does not run it
+    no_socket = _stream(server)
+    no_socket.sock = None
+    assert not SlowReaderGuard(timeout=0.1, max_bytes=1).check(no_socket, 5.0)   # not asked, never accused
+
+
+def test_live_rule_charges_each_slow_reader_eviction_once() -> None:
+    async def run() -> None:
+        config = Config()
+        engine = ReputationEngine(open_store("memory://", config), config)
+        clock = SimpleNamespace(t=1_000_000.0)
+        live = LiveReputation(engine, clock=lambda: clock.t)
+        penalties = []
+        for reason in ("slow_reader", "idle", "disconnect", "slow_reader"):
+            c = ctx("10.0.0.9")
+            clock.t += 60.0                                       # far apart: no reconnect or short-lived evidence
+            live.observer("open", c, {})
+            clock.t += 30.0
+            live.observer("close", c, {"reason": reason})
+            penalties += await live.flush()
+        assert [(p.reason, p.delta) for p in penalties] == [("slow_reader", -25.0)] * 2
+        assert penalties[-1].score == pytest.approx(-50.0, abs=0.1) and penalties[-1].block_until > clock.t
+        assert await live.flush() == []                           # consumed: not charged again
+
+    asyncio.run(run())
