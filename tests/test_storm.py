@@ -193,6 +193,7 @@ def test_labels_cover_the_default_profile(tmp_path: Path) -> None:
     ("[[class]]\nname='a'\nbehaviour='botnet'\nclients=5\nfirst_address='127.1.0.1'\n"
      "[[class]]\nname='b'\nbehaviour='flapper'\nclients=5\nfirst_address='127.1.0.3'", "overlap"),
     ("[[class]]\nname='a'\nbehaviour='flapper'\nclients=2\nfirst_address='127.1.0.1'\nhold=[2, 1]", "hold"),
+    ("[[class]]\nname='a'\nbehaviour='slow_reader'\nclients=2\nfirst_address='127.1.0.1'\nrcvbuf=-1", "rcvbuf"),
 ])
 def test_bad_profiles_name_the_field(tmp_path: Path, text: str, match: str) -> None:
     import tomllib
