@@ -200,27 +200,29 @@ def stalled_pair():
         client.connect(listener.getsockname())
         server, _ = listener.accept()
     server.setblocking(False)
+    client.settimeout(10.0)
     sent = server.send(b"x" * 16384)
-    assert sent > 0
+    assert sent > 4096                                             # more than the client's window takes
+    _until("the client's window closed", lambda: kernel_backlog(server) == kernel_backlog(server))
     try:
-        yield server, client
+        yield server, client, sent
     finally:
         server.close()
         client.close()
 
 
 def test_guard_ends_a_stream_only_after_the_timeout_without_acknowledgement(stalled_pair) -> None:
-    server, client = stalled_pair
+    server, client, sent = stalled_pair
     guard = SlowReaderGuard(timeout=0.5, max_bytes=1 << 20)
     stream = _stream(server)
     queued, acked = kernel_backlog(server)
-    assert queued > 0 and acked is not None and acked < 16384     # the window closed: bytes wait, unacknowledged
+    assert queued > 0 and acked is not None and acked < sent       # the window closed: bytes wait, unacknowledged
     assert not guard.check(stream, 100.0)                          # first look: the stall starts now
     assert not guard.check(stream, 100.4)
     assert guard.check(stream, 100.5)                              # nothing acknowledged for the timeout
     assert guard.peak_bytes >= queued
     got = 0
-    while got < 16384:                                             # the client reads at last: progress
+    while got < sent:                                              # the client reads at last: progress
         got += len(client.recv(65536))
     _until("the backlog drained", lambda: kernel_backlog(server)[0] == 0)
     assert not guard.check(stream, 101.0) and stream.stall_since is None and stream.drained == 101.0
@@ -229,7 +231,7 @@ def test_guard_ends_a_stream_only_after_the_timeout_without_acknowledgement(stal
 
 
 def test_guard_byte_bound_and_switches(stalled_pair) -> None:
-    server, _ = stalled_pair
+    server, _, _ = stalled_pair
     queued, _ = kernel_backlog(server)
     assert not SlowReaderGuard(timeout=0, max_bytes=queued + 1000).check(_stream(server, _Transport(999)), 1.0)
     assert SlowReaderGuard(timeout=0, max_bytes=queued + 1000).check(_stream(server, _Transport(1001)), 1.0)
