@@ -174,6 +174,23 @@ def test_reader_falling_behind_is_ended_at_the_byte_bound_and_backlog_stays_boun
         reader.close()
 
 
+def test_reader_that_never_takes_its_replay_is_ended_on_a_quiet_topic() -> None:
+    """Nothing is published after it connects: the replay alone (a resume from another epoch: all retained events)
+    is what it does not read. 40 KB: less than uvicorn buffers before ``send`` blocks, and no heartbeat or
+    send deadline comes within the test, so only the check of the socket can find it."""
+    with running_server({"slow_reader_timeout": 0.5, "heartbeat_interval": 600.0, "send_timeout": 600.0}) as srv:
+        for i in range(40):
+            assert srv.publish("q", f"{i}-" + "y" * 1000).status_code == 200
+        slow = SSEClient(srv.port, "/events?topic=q", source="127.0.0.91", rcvbuf=2048,
+                         headers={"Last-Event-ID": "q:0@another-epoch"})
+        assert slow.status == 200
+        _until("the replay's reader ended as a slow reader", lambda: srv.metric(SLOW) == 1)
+        assert srv.metric("stormguard_stream_backlog_peak_bytes") <= (1 << 20) + 65536   # default bound + one write
+        slow.read_all(max_reads=5000)
+        assert slow.eof
+        slow.close()
+
+
 # -- the check and the rule without a server: real loopback sockets, a hand-driven clock -----------------------------
 
 class _Transport:

@@ -199,6 +199,7 @@ class EventsEndpoint:
             if scope["method"] == "HEAD":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+            stream.last_write = clock()     # the replay is a write too: a reader that never takes it is checked
             if not await _send_body(send, head + b"".join(replay), True, settings.send_timeout):
                 hub.evict(stream, SLOW_READER)
                 await abort_connection(scope)
