@@ -118,6 +118,8 @@ def main() -> int:
         b, s = reports["bare"]["classes"][cls], reports["stormguard"]["classes"][cls]
         share = [f"{100 * c['refused'] / c['attempts']:.1f}%" if c["attempts"] else "-" for c in (b, s)]
         print(f"{cls + ' refused':<30}{share[0]:>24}{share[1]:>16}")
+        if b.get("evicted") or s.get("evicted"):     # open streams the server ended (slow readers reset)
+            print(f"{cls + ' evicted':<30}{b.get('evicted', 0):>24}{s.get('evicted', 0):>16}")
     (out / "side-by-side.json").write_text(json.dumps({n: r["summary"] for n, r in reports.items()}, indent=1))
     return 0
 

@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from stormguard.scoring.stores.pool import PoolCollector
 from stormguard.server.context import RequestContext
+from stormguard.server.hub.backlog import SlowReaderGuard
 from stormguard.server.hub.history import AsyncHistoryBackend, HistoryBackend
 from stormguard.server.hub.history_redis import history_from_url
 from stormguard.server.hub.page import page_routes
@@ -92,7 +93,9 @@ class Runtime:
         if history is None:
             history = history_from_url(s.history_url, max_events=s.history_max_events,
                                        max_age=s.history_max_age, prefix=s.history_prefix)
-        self.hub = Hub(history, heartbeat=s.heartbeat_interval, on_evict=self._evicted)
+        self.slow_reader = SlowReaderGuard(s.slow_reader_timeout, s.slow_reader_max_bytes)
+        self.slow_reader.bind_metrics(m.registry)
+        self.hub = Hub(history, heartbeat=s.heartbeat_interval, on_evict=self._evicted, slow_reader=self.slow_reader)
         self.refuser = Refuser(retry=self.retry, actions=s.refusal_actions, load=self.load, metrics=m,
                                audit=self.audit, shadow=s.shadow, sse_paths=SSE_PATHS,
                                on_refusal=self._refused if self.observers else None)

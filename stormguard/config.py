@@ -77,6 +77,7 @@ def _default_rules() -> list[RuleConfig]:
         RuleConfig("short_disconnects", "short_lived_2s", ">=", 3, -30.0),
         RuleConfig("bad_ja3", "ja3_bad", "==", True, -40.0),
         RuleConfig("ua_tls_mismatch", "ua_tls_mismatch", "==", True, -15.0),
+        RuleConfig("slow_reader", "slow_reader_evictions", ">=", 1, -25.0),   # live only: streams ended unread
     ]
 
 
@@ -232,6 +233,8 @@ class ServerConfig:
     max_topics_per_stream: int = 16
     send_queue_size: int = 256
     send_timeout: float = 10.0
+    slow_reader_timeout: float = 15.0     # bytes waiting, none acknowledged by the client this long → slow_reader
+    slow_reader_max_bytes: int = 1 << 20  # bytes waiting for one stream (transport + kernel) beyond → slow_reader
     stream_capacity: int = 10000          # streams at which the load used by the retry chooser reaches 1
     # identity
     trusted_proxies: tuple[str, ...] = ()
@@ -359,6 +362,12 @@ class ServerConfig:
     quota_max_streams: int = 10_000       # bounds of PUT /admin/quotas
     quota_max_pool: int = 1_000_000
     quota_max_rate: float = 100_000.0
+
+    def __post_init__(self) -> None:
+        for name in ("slow_reader_timeout", "slow_reader_max_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"server.{name}: must be a number >= 0 (0 = off), got {value!r}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ServerConfig:

@@ -67,6 +67,8 @@ def test_environment_overrides_every_server_default(tmp_path: Path) -> None:
     assert s.trusted_proxies == ("10.0.0.0/8", "192.168.0.0/16") and s.tenant_pools == {"acme": 5}
     assert s.refusal_actions["quota"] == "503" and s.refusal_actions["blocked"] == "stop"
     assert s.tiers["low"] == TierLimits(2, 30.0, 30.0)
+    slow = load_config(env={"STORMGUARD_SERVER_SLOW_READER_TIMEOUT": "0"}).server
+    assert (slow.slow_reader_timeout, slow.slow_reader_max_bytes) == (0.0, 1 << 20)   # off; the byte bound stays
 
 
 @pytest.mark.parametrize("text, env, message", [
@@ -74,6 +76,8 @@ def test_environment_overrides_every_server_default(tmp_path: Path) -> None:
     ("[server.tiers.platinum]\nmax_streams = 1\n", {}, "no such tier"),
     ("[server]\nip_rate = 'fast'\n", {}, "server.ip_rate"),
     ("", {"STORMGUARD_SERVER_BREAKER_PROBES": "many"}, "server.breaker_probes"),
+    ("[server]\nslow_reader_timeout = -1\n", {}, "server.slow_reader_timeout: must be a number >= 0"),
+    ("", {"STORMGUARD_SERVER_SLOW_READER_MAX_BYTES": "-5"}, "server.slow_reader_max_bytes"),
 ])
 def test_bad_server_config_fails_loudly(tmp_path: Path, text: str, env: dict, message: str) -> None:
     path = tmp_path / "sg.toml"

@@ -111,7 +111,7 @@ def test_slow_reader_is_dropped_and_others_keep_receiving() -> None:
         for i in range(200):                                        # bounded: stops as soon as the drop shows
             srv.publish("bulk", payload)
             if i % 5 == 4:
-                dropped = srv.metric('stormguard_evictions_total{reason="slow"}')
+                dropped = srv.metric('stormguard_evictions_total{reason="slow_reader"}')
                 if dropped:
                     break
         assert dropped >= 1

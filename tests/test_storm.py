@@ -95,7 +95,10 @@ rate = 10.0
 
 #: Every path rate limited per address (publishing excepted), refilling slowly: a class that keeps coming from the
 #: same address is refused after a handful of requests however slowly a loaded machine lets the generator run.
-SETTINGS = {"ip_rate": 0.2, "ip_burst": 2.0, "limited_paths": ["*"], "exempt_paths": ["/healthz", "/metrics", "/publish"]}
+#: Slow readers (a 2 KiB receive buffer, never read) are ended once nothing they were sent is acknowledged for
+#: 0.5 s (the default is 15 s: the storm is seconds long); checked every 0.5 s (heartbeat / 2).
+SETTINGS = {"ip_rate": 0.2, "ip_burst": 2.0, "limited_paths": ["*"], "exempt_paths": ["/healthz", "/metrics", "/publish"],
+            "slow_reader_timeout": 0.5, "heartbeat_interval": 1.0}
 
 
 def _profile(tmp_path: Path):
@@ -112,7 +115,14 @@ def _check(report: dict, profile) -> None:
     assert wb["events_duplicated"] == 0, wb
     assert wb["events_delivered"] == wb["events_published"] * wb["clients"]
     for name, refused in summary["abusive_refused"].items():
-        assert refused, f"{name} was never refused: {report['classes'][name]}"
+        assert refused, f"{name} was never refused or evicted: {report['classes'][name]}"
+    for spec in profile.classes:                  # slow readers are not only refused: their open streams are ended
+        c = report["classes"][spec.name]
+        assert c["evicted"] <= c["successes"]
+        if spec.behaviour == "slow_reader":
+            assert c["evicted"] > 0, f"{spec.name}: no open stream was ended by the server: {c}"
+        elif spec.behaviour == "eventsource":
+            assert c["evicted"] == 0, c
     assert set(summary["converged_s"]) == {"reconnect_delay", "success_rate", "rss"}
     assert "success_rate_after_convergence" in wb
     for spec in profile.classes:
@@ -183,6 +193,7 @@ def test_labels_cover_the_default_profile(tmp_path: Path) -> None:
     ("[[class]]\nname='a'\nbehaviour='botnet'\nclients=5\nfirst_address='127.1.0.1'\n"
      "[[class]]\nname='b'\nbehaviour='flapper'\nclients=5\nfirst_address='127.1.0.3'", "overlap"),
     ("[[class]]\nname='a'\nbehaviour='flapper'\nclients=2\nfirst_address='127.1.0.1'\nhold=[2, 1]", "hold"),
+    ("[[class]]\nname='a'\nbehaviour='slow_reader'\nclients=2\nfirst_address='127.1.0.1'\nrcvbuf=-1", "rcvbuf"),
 ])
 def test_bad_profiles_name_the_field(tmp_path: Path, text: str, match: str) -> None:
     import tomllib

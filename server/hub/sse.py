@@ -3,8 +3,9 @@
 Why hand-written rather than sse-starlette: DESIGN.md measured 5 asyncio tasks and ~42 KB per idle stream for
 sse-starlette vs 2 tasks and ~24.5 KB hand-written. Here a stream is the request task (which writes) plus one
 task awaiting ``http.disconnect``; heartbeats and idle checks come from the hub's single ticker, and the send
-queue is a plain deque with a capped length — a client that stops reading either overflows it or blocks a send
-past ``send_timeout``, and is dropped (it resumes with ``Last-Event-ID``).
+queue is a plain deque with a capped length — a client that stops reading overflows it, blocks a send past
+``send_timeout``, or is found stalled by the ticker asking its socket (:mod:`~stormguard.server.hub.backlog`), and is
+dropped as a ``slow_reader`` (it resumes with ``Last-Event-ID``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from stormguard.server.context import RequestContext, get_context
+from stormguard.server.hub.backlog import SLOW_READER, reset, stream_socket
 from stormguard.server.hub.history import Event, HistoryUnavailable
 from stormguard.server.hub.topics import TOPIC_RE, format_id, parse_last_event_id
 from stormguard.server.ops.settings import TierLimits
@@ -39,10 +41,11 @@ class Stream:
     """One open stream's state: positions per topic, a bounded mailbox and the waiter of its writer."""
 
     __slots__ = ("topics", "positions", "single", "epoch", "mailbox", "max_queue", "waiter", "close_reason",
-                 "started", "last_write", "last_data", "limits", "ctx")
+                 "started", "last_write", "last_data", "limits", "ctx", "transport", "sock", "drained", "acked",
+                 "pending", "stall_since")
 
     def __init__(self, topics: tuple[str, ...], epoch: str, max_queue: int, now: float, ctx: RequestContext,
-                 limits: TierLimits | None) -> None:
+                 limits: TierLimits | None, transport: Any = None) -> None:
         self.topics = topics
         self.single = len(topics) == 1
         self.epoch = epoch
@@ -54,6 +57,13 @@ class Stream:
         self.started = self.last_write = self.last_data = now
         self.limits = limits
         self.ctx = ctx
+        # the slow-reader check's view of the socket (backlog.SlowReaderGuard); no socket: not asked
+        self.transport = transport
+        self.sock = stream_socket(transport)
+        self.drained = now
+        self.acked: int | None = None
+        self.pending = 0
+        self.stall_since: float | None = None
 
     def frame(self, ev: Event) -> bytes:
         """Wire bytes for ``ev``; advances this stream's position in the event's topic."""
@@ -81,6 +91,10 @@ class Stream:
             self.close_reason = reason
             self._wake()
 
+    def abort(self) -> None:
+        """Reset the connection now, buffers and all (a slow reader would never drain them)."""
+        reset(self.transport)
+
     def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
@@ -100,17 +114,23 @@ async def _send_body(send: Any, body: bytes, more: bool, timeout: float) -> bool
 RAW_SEND_KEY = "stormguard.send"
 
 
+def raw_transport(scope: dict[str, Any]) -> Any:
+    """The server's transport of this request, when the server is uvicorn and ``StormguardApp`` recorded its send."""
+    return getattr(getattr(scope.get(RAW_SEND_KEY), "__self__", None), "transport", None)
+
+
 async def abort_connection(scope: dict[str, Any]) -> None:
     """Drop the TCP connection now, without flushing: a client that does not read must not keep its buffers.
 
     ASGI has no "abort"; returning from the app makes uvicorn ``transport.close()``, which waits for the write
     buffer to drain — forever, for a peer advertising a zero window. So, when the server's own ``send`` was
     recorded in the scope (``StormguardApp`` does) and is uvicorn's (a bound method of the request cycle with a
-    ``transport``), abort that transport. Elsewhere this is a no-op and the server's own close applies.
+    ``transport``), reset that connection (:func:`~stormguard.server.hub.backlog.reset`: the kernel's queue goes
+    too). Elsewhere this is a no-op and the server's own close applies.
     """
-    transport = getattr(getattr(scope.get(RAW_SEND_KEY), "__self__", None), "transport", None)
+    transport = raw_transport(scope)
     if transport is not None and hasattr(transport, "abort"):
-        transport.abort()
+        reset(transport)
         await asyncio.sleep(0)          # let connection_lost run, so the server sees a disconnect, not an error
 
 
@@ -161,7 +181,7 @@ class EventsEndpoint:
         clock = hub.clock
         settings = rt.settings
         stream = Stream(topics, hub.history.epoch, settings.send_queue_size, clock(), ctx,
-                        ctx.extra.get("limits"))
+                        ctx.extra.get("limits"), raw_transport(scope))
         try:
             replay = await hub.open(stream, positions)
         except HistoryUnavailable:
@@ -179,8 +199,9 @@ class EventsEndpoint:
             if scope["method"] == "HEAD":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+            stream.last_write = clock()     # the replay is a write too: a reader that never takes it is checked
             if not await _send_body(send, head + b"".join(replay), True, settings.send_timeout):
-                hub.evict(stream, "slow")
+                hub.evict(stream, SLOW_READER)
                 await abort_connection(scope)
                 return
             rt.emit("first_byte", ctx)
@@ -211,11 +232,13 @@ class EventsEndpoint:
                 if data:
                     stream.last_data = now
                 if not await _send_body(send, b"".join(parts), True, settings.send_timeout):
-                    hub.evict(stream, "slow")
+                    hub.evict(stream, SLOW_READER)
                     await abort_connection(scope)
                     return
             reason = stream.close_reason
-            if reason != "disconnect":
+            if reason == SLOW_READER:
+                await abort_connection(scope)   # no final retry: it would wait for the window that is closed
+            elif reason != "disconnect":
                 ms = rt.retry.choose(_FINAL_RETRY_REASON.get(reason, "stream"), ctx.tier, rt.load(), ctx.degraded)
                 timeout = min(settings.send_timeout, max(0.1, settings.shutdown_grace / 2))
                 if not await _send_body(send, b"retry: %d\n: %s\n\n" % (ms, reason.encode()), False, timeout):

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from stormguard.server.hub.backlog import SLOW_READER, SlowReaderGuard
 from stormguard.server.hub.history import AsyncHistoryBackend, Event, HistoryBackend, HistoryUnavailable
 from stormguard.server.tasks import cancel_tasks
 
@@ -60,8 +61,9 @@ class Hub:
 
     def __init__(self, history: HistoryBackend | AsyncHistoryBackend, *, heartbeat: float = 15.0,
                  on_evict: Callable[[Stream, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, slow_reader: SlowReaderGuard | None = None) -> None:
         self.history = history
+        self.slow_reader = slow_reader if slow_reader is not None and slow_reader.enabled else None
         self.heartbeat = heartbeat
         self.on_evict = on_evict or (lambda stream, reason: None)
         self.clock = clock
@@ -152,7 +154,7 @@ class Hub:
         ev = self.history.append(topic, data, event, pub_id)
         for stream in tuple(self.subscribers.get(topic, ())):
             if not stream.push(ev):
-                self.evict(stream, "slow")      # its bounded send queue is full: drop it, it resumes by id
+                self.evict(stream, SLOW_READER)      # its bounded send queue is full: drop it, it resumes by id
         return ev, False
 
     async def publish_async(self, topic: str, data: str, event: str | None = None,
@@ -173,11 +175,13 @@ class Hub:
             cursors[ev.topic] = ev.seq
             for stream in tuple(self.subscribers.get(ev.topic, ())):
                 if not stream.push(ev):
-                    self.evict(stream, "slow")
+                    self.evict(stream, SLOW_READER)
 
     def evict(self, stream: Stream, reason: str) -> None:
         if stream.close_reason is None:
             stream.close(reason)
+            if reason == SLOW_READER:
+                stream.abort()          # its buffers go now, not when a blocked write gives up
             self.on_evict(stream, reason)
 
     # -- background ---------------------------------------------------------------------------------------------
@@ -226,7 +230,10 @@ class Hub:
             self.tick(self.clock())
 
     def tick(self, now: float) -> None:
-        """Heartbeats for streams quiet for ``heartbeat`` s; idle and lifetime eviction by tier."""
+        """Heartbeats for streams quiet for ``heartbeat`` s; idle and lifetime eviction by tier; slow readers."""
+        guard = self.slow_reader
+        if guard is not None:
+            guard.rounds += 1
         for stream in tuple(self.streams):
             limits = stream.limits
             if limits is not None:
@@ -236,6 +243,9 @@ class Hub:
                 if limits.idle_timeout and now - stream.last_data >= limits.idle_timeout:
                     self.evict(stream, "idle")
                     continue
+            if guard is not None and guard.check(stream, now):
+                self.evict(stream, SLOW_READER)
+                continue
             if now - stream.last_write >= self.heartbeat:
                 stream.ping()
 

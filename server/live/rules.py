@@ -10,7 +10,9 @@ background task drains the deque every ``flush_interval`` seconds and, for the b
    default: the limiter — a client coming back sooner than it was told — and the tenant layer — bad tokens) counts
    as a connection attempt without a close. Quota and breaker refusals do not: they are the server's doing;
 2. feeds :class:`~stormguard.scoring.threshold.DynamicThreshold` (``failed``: the breaker refused or the stream was
-   dropped as a slow reader; ``bad``: refused or penalised);
+   dropped as a slow reader; ``bad``: refused or penalised), and counts each client's streams the server ended as
+   slow readers: the rules see that count as the evidence ``slow_reader_evictions`` (live only: no log records a
+   reader's window), consumed by the penalty it causes (default rule ``slow_reader``: ≥ 1 → −25);
 3. evaluates the engine's rules once per client touched in the batch, on the client's current window *minus what
    earlier penalties already consumed*: ``reconnects_10s ≥ 5`` costs 20 points when it is reached, and again after
    5 more, not on every further connection. Boolean evidence (``ja3_bad``…) is penalised once per window;
@@ -38,12 +40,15 @@ from typing import Any
 
 from stormguard.features.clients import vector as fv
 from stormguard.features.clients.online import OnlineClientFeatures
+from stormguard.server.hub.backlog import SLOW_READER
 from stormguard.server.tasks import cancel_tasks
 
 log = logging.getLogger("stormguard.live")
 
 #: Older rule files named the short-lived count ``short_lived``; the feature is ``short_lived_2s`` (features.vector).
 EVIDENCE_ALIASES = {"short_lived": "short_lived_2s"}
+#: Evidence the live path adds to a client's vector: its streams ended as slow readers, not yet penalised.
+SLOW_EVIDENCE = "slow_reader_evictions"
 
 
 @dataclass(slots=True)
@@ -96,6 +101,7 @@ class LiveReputation:
         self._queue: deque[tuple[str, Any, dict[str, Any], float]] = deque()
         # (key, window_start) -> {feature: consumed value or True}
         self._consumed: OrderedDict[tuple[str, float | None], dict[str, Any]] = OrderedDict()
+        self._slow: OrderedDict[str, int] = OrderedDict()   # key -> slow-reader evictions not yet penalised
         self._task: asyncio.Task[None] | None = None
         self._last_expire = clock()
         self.dropped = 0
@@ -162,8 +168,11 @@ class LiveReputation:
                     touched[key] = ctx
                     if self.groups is not None and ts - handle.ts <= fv.SHORT_LIVED_S:
                         self._group(key, ts)
-                if threshold is not None and reason == "slow":
-                    threshold.record(key, failed=True, now=ts)
+                if reason == SLOW_READER:
+                    self._note_slow(key)
+                    touched[key] = ctx
+                    if threshold is not None:
+                        threshold.record(key, failed=True, now=ts)
             elif kind == "refusal":
                 layer = info.get("layer", "")
                 if layer in self.refusal_layers and not str(info.get("action", "")).startswith("shadow"):
@@ -175,6 +184,13 @@ class LiveReputation:
         penalties = await self._apply(touched) if touched else []
         self._maybe_expire()
         return penalties
+
+    def _note_slow(self, key: str) -> None:
+        slow = self._slow
+        slow[key] = slow.get(key, 0) + 1
+        slow.move_to_end(key)
+        while len(slow) > self.max_consumed:
+            slow.popitem(last=False)
 
     def _group(self, key: str, ts: float) -> None:
         crossing = self.groups.short_lived(key, ts)
@@ -199,8 +215,11 @@ class LiveReputation:
 
     def _evidence(self, key: str) -> tuple[dict[str, Any] | None, tuple[str, float | None], dict[str, Any]]:
         vec = self.features.vector(key)
+        slow = self._slow.get(key)
         if vec is None:
-            return None, (key, None), {}
+            if not slow:
+                return None, (key, None), {}
+            vec = {}                        # its window expired or was evicted: the eviction still counts
         ws = vec.get("window_start")
         wkey = (key, ws)
         consumed = self._consumed.get(wkey, {})
@@ -212,6 +231,8 @@ class LiveReputation:
                 ev[feature] = None          # boolean evidence already penalised in this window
             elif isinstance(ev.get(feature), int | float):
                 ev[feature] = ev[feature] - used
+        if slow:
+            ev[SLOW_EVIDENCE] = slow
         return ev, wkey, consumed
 
     def _consume(self, wkey: tuple[str, float | None], consumed: dict[str, Any], evidence: dict[str, Any],
@@ -222,6 +243,9 @@ class LiveReputation:
             if rule is None:
                 continue
             value = evidence.get(rule.feature)
+            if rule.feature == SLOW_EVIDENCE:
+                self._slow.pop(wkey[0], None)   # each eviction is penalised once, whatever the window
+                continue
             if isinstance(value, int | float) and not isinstance(value, bool):
                 consumed[rule.feature] = consumed.get(rule.feature, 0) + value
             else:
@@ -276,5 +300,7 @@ class LiveReputation:
         self._last_expire = now
         self.features.expire(now)
         live = set(self.features.keys())
+        for key in [k for k in self._slow if k not in live]:
+            del self._slow[key]
         for wkey in [w for w in self._consumed if w not in live]:
             del self._consumed[wkey]

@@ -57,8 +57,9 @@ async def _session(ctx: Context, spec: ClassSpec, source: str, request: bytes, *
                    slow: bool = False, delay: float | None = None) -> Session:
     now = time.monotonic()
     hold = min(hold, ctx.close - now) if hold is not None else max(0.0, ctx.close - now)
-    s = await run_session(ctx.host, ctx.port, source, request, timeout=ctx.profile.timeout, hold=hold, slow=slow)
-    ctx.rec.attempt(spec.name, s.started, s.refusal, s.opened, delay)
+    s = await run_session(ctx.host, ctx.port, source, request, timeout=ctx.profile.timeout, hold=hold, slow=slow,
+                          rcvbuf=spec.rcvbuf if slow else 0)
+    ctx.rec.attempt(spec.name, s.started, s.refusal, s.opened, delay, evicted=s.evicted)
     ctx.rec.events(spec.name, s.ended or time.monotonic(), len(s.numbers))
     ctx.count(0)  # attempts and successes are counted as sessions end, so the progress ratio stays a ratio
     if s.opened or s.refusal in ANSWERED:

@@ -18,7 +18,8 @@ Everything about a class is data (TOML), so a user can describe their own traffi
 Behaviours (``behaviour =``): ``eventsource`` (honours ``retry:``, resumes with ``Last-Event-ID``, checks every
 event once and in order), ``no_backoff`` (reconnects at once, ignoring ``retry:``), ``flapper`` (opens and closes
 within 2 s), ``ua_rotator`` (a new User-Agent each connection), ``header_poor`` (a bare request: no Accept, no
-User-Agent), ``slow_reader`` (stops reading once the stream is open), ``botnet`` (many addresses, each at a modest
+User-Agent), ``slow_reader`` (stops reading once the stream is open; ``rcvbuf`` sets its socket's receive
+buffer, so its window closes after a few events as a constrained client's does), ``botnet`` (many addresses, each at a modest
 rate), ``scanner`` (probes scanner paths with browser User-Agents), ``publisher`` (POSTs events at a fixed rate).
 """
 
@@ -64,6 +65,7 @@ class ClassSpec:
     hold: list[float] = field(default_factory=lambda: [0.2, 1.5])  # seconds a short session stays open
     backoff: list[float] = field(default_factory=lambda: [1.0, 8.0])  # eventsource: exponential backoff bounds
     rate: float = 5.0                   # publisher: events per second (all publisher clients together)
+    rcvbuf: int = 2048                  # slow_reader: SO_RCVBUF in bytes (0: the system's, autotuned)
 
     @property
     def abusive(self) -> bool:
@@ -126,6 +128,8 @@ def _class(raw: Any, where: str) -> ClassSpec:
         if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int | float) for v in value)
                 or not 0 <= value[0] <= value[1]):
             raise ProfileError(f"{where}.{key}: expected [low, high] seconds with low <= high, got {value!r}")
+    if not isinstance(spec.rcvbuf, int) or isinstance(spec.rcvbuf, bool) or not 0 <= spec.rcvbuf <= 1 << 26:
+        raise ProfileError(f"{where}.rcvbuf: expected bytes from 0 to 67108864, got {spec.rcvbuf!r}")
     if not spec.user_agents and spec.behaviour not in ("header_poor", "publisher"):
         raise ProfileError(f"{where}.user_agents: at least one is needed")
     return spec

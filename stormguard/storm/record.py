@@ -5,6 +5,9 @@ Definitions (the report's keys):
 * an *attempt* is one request; a *success* opened a stream (SSE classes) or got an answer that is not a refusal
   (scanners, publishers; a 404 counts: the request got through); *refused* counts the server's refusals (pace, stop/204, 429, 503, 403); *errors* are
   everything else (connect errors, timeouts, resets, 5xx).
+* *evicted* counts successes whose open stream the server ended itself without a final ``retry:`` — a reset, or
+  the ``slow_reader`` comment — rather than the client closing it (slow readers; an eviction is still a success:
+  the stream was opened). ``summary.abusive_refused.<class>`` is true when the class was refused or evicted.
 * *reconnect delay* is the time a client waited between the end of a session and its next attempt.
 * well-behaved (``eventsource``) clients check the publisher's sequence numbers: *lost* are numbers published
   but never received, *duplicated* are numbers received more than once.
@@ -37,6 +40,7 @@ class Bucket:
     delay_sum: float = 0.0
     delays: int = 0
     events: int = 0
+    evicted: int = 0
 
 
 class Recorder:
@@ -56,9 +60,12 @@ class Recorder:
             b = self.buckets[cls][i] = Bucket()
         return b
 
-    def attempt(self, cls: str, t: float, outcome: str | None, opened: bool, delay: float | None) -> None:
+    def attempt(self, cls: str, t: float, outcome: str | None, opened: bool, delay: float | None, *,
+                evicted: bool = False) -> None:
         b = self._bucket(cls, t)
         b.attempts += 1
+        if evicted:
+            b.evicted += 1
         if outcome in REFUSED:
             b.refused[outcome] = b.refused.get(outcome, 0) + 1
         elif outcome in ANSWERED or opened:
@@ -87,6 +94,7 @@ class Recorder:
                 b.delay_sum += raw["delay_sum"]
                 b.delays += raw["delays"]
                 b.events += raw["events"]
+                b.evicted += raw.get("evicted", 0)
                 for k, v in raw["refused"].items():
                     b.refused[k] = b.refused.get(k, 0) + v
         for cls, lists in state["numbers"].items():
@@ -141,20 +149,21 @@ def build_report(rec: Recorder, profile: Any, *, target: str, duration: float, s
     for name, spec in classes.items():
         tot = Bucket()
         for t, b in sorted(rec.buckets.get(name, {}).items()):
-            for k in ("attempts", "successes", "errors", "delay_sum", "delays", "events"):
+            for k in ("attempts", "successes", "errors", "delay_sum", "delays", "events", "evicted"):
                 setattr(tot, k, getattr(tot, k) + getattr(b, k))
             for k, v in b.refused.items():
                 tot.refused[k] = tot.refused.get(k, 0) + v
             if t < seconds:
                 per_second[t]["classes"][name] = {
                     "attempts": b.attempts, "successes": b.successes, "refused": sum(b.refused.values()),
-                    "refused_by": dict(b.refused), "errors": b.errors, "events": b.events,
+                    "refused_by": dict(b.refused), "errors": b.errors, "events": b.events, "evicted": b.evicted,
                     "mean_reconnect_delay_s": round(b.delay_sum / b.delays, 3) if b.delays else None}
         out_classes[name] = {
             "behaviour": spec.behaviour, "abusive": spec.abusive, "clients": clients.get(name, 0),
             "addresses": addresses.get(name, 0), "attempts": tot.attempts, "successes": tot.successes,
             "refused": sum(tot.refused.values()), "refused_by": dict(sorted(tot.refused.items())),
-            "errors": tot.errors, "events": tot.events, "stopped_clients": rec.stopped.get(name, 0),
+            "errors": tot.errors, "evicted": tot.evicted, "events": tot.events,
+            "stopped_clients": rec.stopped.get(name, 0),
             "mean_reconnect_delay_s": round(tot.delay_sum / tot.delays, 3) if tot.delays else None}
     # well-behaved: every eventsource class together
     wb = [n for n, s in classes.items() if s.behaviour == "eventsource"]
@@ -200,7 +209,8 @@ def build_report(rec: Recorder, profile: Any, *, target: str, duration: float, s
         "converged_s": conv,
         "start_end": {"reconnect_delay": ends(delay_series), "success_rate": ends(success_series),
                       "rss": ends(rss_series)},
-        "abusive_refused": {n: out_classes[n]["refused"] > 0 for n, s in classes.items() if s.abusive},
+        "abusive_refused": {n: out_classes[n]["refused"] + out_classes[n]["evicted"] > 0
+                            for n, s in classes.items() if s.abusive},
         "seed": {k: {"start": v[0], "end": v[1], "converged_s": v[2]} for k, v in SEED.items()},
     }
     return {"target": target, "duration_s": duration, "classes": out_classes, "summary": summary,
@@ -229,7 +239,8 @@ def convergence_table(report: dict[str, Any], label: str = "stormguard") -> str:
                  f"{wb['events_lost']} lost, {wb['events_duplicated']} duplicated, success after convergence {after}")
     for name, c in report["classes"].items():
         lines.append(f"  {name:<14} clients {c['clients']:>6}  attempts {c['attempts']:>7}  ok {c['successes']:>7}  "
-                     f"refused {c['refused']:>7} {json.dumps(c['refused_by'])}")
+                     f"refused {c['refused']:>7} {json.dumps(c['refused_by'])}"
+                     + (f"  evicted {c['evicted']}" if c.get("evicted") else ""))
     return "\n".join(lines)
 
 

@@ -9,10 +9,17 @@ class of clients can stand on its own range of loopback addresses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_ENDED = (7, 8)                     # TCP_CLOSE (reset), TCP_CLOSE_WAIT (the server sent FIN)
+#: How often a client that does not read checks whether the server has ended its stream.
+PAUSED_CHECK_S = 0.25
 
 #: How a session ended when it did not open a stream (``Session.refusal``).
 REFUSALS = ("pace", "stop", "429", "503", "403", "404", "4xx", "5xx", "closed", "connect", "timeout")
@@ -32,6 +39,8 @@ class Session:
     last_id: str | None = None
     numbers: list[int] = field(default_factory=list)   # the publisher's sequence number of each event received
     ended: float = 0.0
+    evicted: bool = False              # the server ended the open stream without a final ``retry:`` (or as a
+                                       # ``slow_reader``): the client did not close it and was not paced
 
 
 def request_bytes(host: str, path: str, headers: dict[str, str], *, method: str = "GET", body: bytes = b"") -> bytes:
@@ -225,14 +234,62 @@ class SessionProtocol(asyncio.Protocol):
             refusal = "pace" if s.retry_ms is not None else "closed"
         else:
             refusal = None
+            s.evicted = s.opened and not self.closing and (s.reason is None or s.reason == "slow_reader")
         self._finish(refusal)
+
+    def peer_closed(self) -> bool:
+        """The server reset or closed the connection while this side does not read (reading paused: the event
+        loop does not watch the socket, so ``connection_lost`` would not come): the kernel's TCP state says so."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None or _TCP_INFO is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] in _TCP_ENDED
+        return True                     # the socket is gone
+
+    def end_evicted(self) -> None:
+        """End a paused session the server has ended (see :meth:`peer_closed`)."""
+        self.session.evicted = True
+        self._finish(None)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, proto: SessionProtocol, host: str, port: int, source: str,
+                   rcvbuf: int) -> None:
+    if not rcvbuf:
+        await loop.create_connection(lambda: proto, host, port, local_addr=(source, 0))
+        return
+    # the receive buffer is set before connecting: the window scale is agreed in the handshake
+    sock = socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    await loop.create_connection(lambda: proto, sock=sock)
+
+
+async def _wait_paused(proto: SessionProtocol, done: asyncio.Future[Session], hold: float | None) -> None:
+    """Wait for the end of a session that does not read: its own ``hold``, or the server ending it."""
+    loop = asyncio.get_running_loop()
+    until = None if hold is None else loop.time() + hold
+    while not done.done():
+        left = PAUSED_CHECK_S if until is None else min(PAUSED_CHECK_S, until - loop.time())
+        if left <= 0:
+            raise TimeoutError
+        await asyncio.wait({done}, timeout=left)
+        if not done.done() and proto.peer_closed():
+            proto.end_evicted()
 
 
 async def run_session(host: str, port: int, source: str, request: bytes, *, timeout: float,
-                      hold: float | None = None, slow: bool = False,
+                      hold: float | None = None, slow: bool = False, rcvbuf: int = 0,
                       on_event: Callable[[Session], None] | None = None) -> Session:
     """One request from ``source``. A stream stays open until the server ends it, or ``hold`` seconds after it
-    opened (the client closes), whichever comes first; ``slow`` stops reading once the stream is open."""
+    opened (the client closes), whichever comes first; ``slow`` stops reading once the stream is open (and
+    ``rcvbuf`` > 0 sets the socket's receive buffer)."""
     loop = asyncio.get_running_loop()
     session = Session(started=time.monotonic())
     done: asyncio.Future[Session] = loop.create_future()
@@ -247,7 +304,7 @@ async def run_session(host: str, port: int, source: str, request: bytes, *, time
     waiter = asyncio.ensure_future(opened.wait())
     try:
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: proto, host, port, local_addr=(source, 0))
+            await _connect(loop, proto, host, port, source, rcvbuf)
             await asyncio.wait({done, waiter}, return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
         proto.close()
@@ -263,7 +320,9 @@ async def run_session(host: str, port: int, source: str, request: bytes, *, time
     if done.done():
         return done.result()
     try:
-        if hold is None:
+        if slow:
+            await _wait_paused(proto, done, hold)
+        elif hold is None:
             await done
         else:
             await asyncio.wait_for(asyncio.shield(done), hold)
