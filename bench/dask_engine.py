@@ -13,8 +13,8 @@ What is timed, each run, interleaved so machine noise hits all alike:
   processes for large logs, a background writer process), into one Parquet file, in a fresh interpreter (timed
   around the call, without interpreter start-up);
 * the Dask engine on a ``LocalCluster`` of 1 worker and of 2 workers (one thread each, ``--memory-limit`` each;
-  the capture is read in as many flow shares as there are workers, the log in 16 MB byte ranges), into a Parquet
-  dataset. Cluster start-up (about 2-5 s) is not in the time: a cluster outlives one command in production.
+  a capture in 16 MB spans routed to as many flow shares as there are workers, a log in 16 MB byte ranges), into
+  a Parquet dataset. Cluster start-up (about 2-5 s) is not in the time: a cluster outlives one command in production.
 
 Peak worker memory is the largest resident set size of any worker process, sampled every 50 ms (psutil) while a
 run is in flight; a worker whose process changed during a run (killed by its nanny for passing the limit, and
