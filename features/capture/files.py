@@ -425,6 +425,26 @@ def plan_spans(path: str | os.PathLike[str], kind: str, split_bytes: int) -> lis
             m.close()
 
 
+class _Pages:
+    """Drop the pages of a mapped file that a walk has passed (they count in the resident set of the process, and
+    a planning task on a memory-limited worker walks files many times its limit)."""
+
+    __slots__ = ("m", "released")
+
+    def __init__(self, m: mmap.mmap) -> None:
+        self.m = m
+        self.released = 0
+
+    def passed(self, pos: int) -> None:
+        upto = (pos - (1 << 20)) & ~(mmap.PAGESIZE - 1)
+        if upto - self.released >= (8 << 20) and _DONTNEED is not None:
+            try:
+                self.m.madvise(_DONTNEED, self.released, upto - self.released)
+            except (OSError, ValueError):  # pragma: no cover - advisory only
+                pass
+            self.released = upto
+
+
 def _plan_pcap(m: mmap.mmap, split_bytes: int) -> list[Span]:
     size = len(m)
     if size < 24 or m[:4] not in _PCAP_MAGIC:
@@ -435,6 +455,7 @@ def _plan_pcap(m: mmap.mmap, split_bytes: int) -> list[Span]:
     spans: list[Span] = []
     pos = start = 24
     frame = first = 0
+    pages = _Pages(m)
     previous = pos  # where the record before ``pos`` starts
     while size - pos >= 16:
         caplen = caplen_at(m, pos + 8)[0]
@@ -449,6 +470,8 @@ def _plan_pcap(m: mmap.mmap, split_bytes: int) -> list[Span]:
         previous = pos
         pos = end
         frame += 1
+        if not frame & 0x3FFF:
+            pages.passed(pos)
         if pos - start >= split_bytes and pos < size:
             spans.append(Span(start, pos, first))
             start, first = pos, frame
@@ -465,6 +488,7 @@ def _plan_pcapng(m: mmap.mmap, split_bytes: int) -> list[Span]:
     ifaces: list[Interface] = []
     first_ifaces: tuple[Interface, ...] = ()
     last_ts = first_ts = 0.0
+    pages = _Pages(m)
     while size - pos >= 12:
         if m[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
             bom = m[pos + 8:pos + 12]
@@ -492,6 +516,8 @@ def _plan_pcapng(m: mmap.mmap, split_bytes: int) -> list[Span]:
         elif btype == 1 and blen >= 20:
             ifaces.append(_interface(m, pos, body_end, endian))
         pos += blen
+        if not frame & 0x3FFF:
+            pages.passed(pos)
         if pos - start >= split_bytes and pos < size:
             spans.append(Span(start, pos, first, first_endian, first_ifaces, first_ts))
             start, first, first_endian, first_ifaces, first_ts = pos, frame, endian, tuple(ifaces), last_ts
