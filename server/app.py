@@ -252,6 +252,7 @@ class StormguardApp(Starlette):
         if self.conn_log is not None and scope["type"] == "http":
             from stormguard.server.ops.connlog import logged
 
+            scope[RAW_SEND_KEY] = send  # the server's own send, not the log's wrapper (its transport, its socket)
             await logged(self._serve, self.conn_log, scope, receive, send)
             return
         await self._serve(scope, receive, send)
@@ -264,7 +265,7 @@ class StormguardApp(Starlette):
                 await send(refusal[0])
                 await send(refusal[1])
                 return
-        scope[RAW_SEND_KEY] = send
+        scope.setdefault(RAW_SEND_KEY, send)
         await super().__call__(scope, receive, send)
 
 

@@ -174,11 +174,16 @@ def test_reader_falling_behind_is_ended_at_the_byte_bound_and_backlog_stays_boun
         reader.close()
 
 
-def test_reader_that_never_takes_its_replay_is_ended_on_a_quiet_topic() -> None:
+@pytest.mark.parametrize("conn_log", [False, True], ids=["plain", "conn-log"])
+def test_reader_that_never_takes_its_replay_is_ended_on_a_quiet_topic(tmp_path: Path, conn_log: bool) -> None:
     """Nothing is published after it connects: the replay alone (a resume from another epoch: all retained events)
     is what it does not read. 40 KB: less than uvicorn buffers before ``send`` blocks, and no heartbeat or
-    send deadline comes within the test, so only the check of the socket can find it."""
-    with running_server({"slow_reader_timeout": 0.5, "heartbeat_interval": 600.0, "send_timeout": 600.0}) as srv:
+    send deadline comes within the test, so only the check of the socket can find it. With ``--conn-log`` the
+    connection log wraps ``send``; the check must still reach the server's socket."""
+    settings = {"slow_reader_timeout": 0.5, "heartbeat_interval": 600.0, "send_timeout": 600.0}
+    if conn_log:
+        settings["conn_log"] = str(tmp_path / "conn.jsonl")
+    with running_server(settings) as srv:
         for i in range(40):
             assert srv.publish("q", f"{i}-" + "y" * 1000).status_code == 200
         slow = SSEClient(srv.port, "/events?topic=q", source="127.0.0.91", rcvbuf=2048,

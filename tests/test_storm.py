@@ -228,3 +228,18 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     records = sum(1 for _ in (out / "conn-before.jsonl").open())
     assert records >= sum(c["attempts"] for c in before["classes"].values()) * 0.9   # the log saw the storm
     assert json.loads((out / "evaluate.json").read_text())["n_bad"] > 0
+
+
+def test_demo_table_counts_evicted_streams_as_limited() -> None:
+    """Slow readers are not refused but evicted once their stream is open: the before/after table counts both."""
+    from stormguard.storm.demo import before_after
+
+    def report(refused: int, evicted: int, second: int) -> dict:
+        row = {"t": second, "classes": {"slow_readers": {"refused": refused, "evicted": evicted}}}
+        return {"classes": {"slow_readers": {"attempts": 8, "refused": refused, "evicted": evicted}},
+                "per_second": [{"t": 0, "classes": {}}, row],
+                "summary": {"well_behaved": {"events_lost": 0, "events_published": 10}}}
+
+    table = before_after(report(0, 4, 17), report(2, 4, 9)).splitlines()
+    line = next(x for x in table if x.startswith("slow_readers")).split()
+    assert line[1:] == ["50.0%", "75.0%", "17", "s", "9", "s"]

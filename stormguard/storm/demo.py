@@ -85,27 +85,32 @@ def served(conn_log: Path, log: Path, token: str, *, model: Path | None, store: 
 
 
 def _first_refusal(report: dict[str, Any], name: str) -> int | None:
+    """The second of a class's first refusal or eviction."""
     for row in report["per_second"]:
-        if row["classes"].get(name, {}).get("refused"):
+        own = row["classes"].get(name, {})
+        if own.get("refused") or own.get("evicted"):
             return int(row["t"])
     return None
 
 
 def before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
-    lines = [f"{'class':<14}{'refused before':>16}{'refused after':>15}{'1st refusal before':>20}"
-             f"{'1st refusal after':>19}"]
+    """Per class: the share of attempts limited (refused, or evicted once open: slow readers) before and after
+    learning, and when the first came."""
+    lines = [f"{'class':<14}{'limited before':>16}{'limited after':>15}{'first before':>14}{'first after':>13}"]
     for name, b in before["classes"].items():
         a = after["classes"].get(name, {})
 
         def share(c: dict[str, Any]) -> str:
-            return f"{100 * c['refused'] / c['attempts']:.1f}%" if c.get("attempts") else "-"
+            limited = c.get("refused", 0) + c.get("evicted", 0)
+            return f"{100 * limited / c['attempts']:.1f}%" if c.get("attempts") else "-"
 
         fb, fa = _first_refusal(before, name), _first_refusal(after, name)
-        lines.append(f"{name:<14}{share(b):>16}{share(a):>15}{'-' if fb is None else f'{fb} s':>20}"
-                     f"{'-' if fa is None else f'{fa} s':>19}")
+        lines.append(f"{name:<14}{share(b):>16}{share(a):>15}{'-' if fb is None else f'{fb} s':>14}"
+                     f"{'-' if fa is None else f'{fa} s':>13}")
     wb_b, wb_a = before["summary"]["well_behaved"], after["summary"]["well_behaved"]
     lines.append(f"well-behaved events lost: before {wb_b['events_lost']} of {wb_b['events_published']}, "
                  f"after {wb_a['events_lost']} of {wb_a['events_published']}")
+    lines.append("limited = refused, or evicted once open (slow readers)")
     return "\n".join(lines)
 
 
