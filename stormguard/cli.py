@@ -184,7 +184,7 @@ def _pipeline_on_dask(args: argparse.Namespace, inputs: list[str], out_dir: Path
     import dask.dataframe as dd
 
     from stormguard.config import load_config
-    from stormguard.features.distributed.cli import _check_split
+    from stormguard.features.distributed.cli import split_bytes_of
     from stormguard.features.distributed.cluster import dask_client
     from stormguard.features.distributed.dataset import check_dataset_target
     from stormguard.features.distributed.replay import replay_dask
@@ -199,7 +199,7 @@ def _pipeline_on_dask(args: argparse.Namespace, inputs: list[str], out_dir: Path
     progress = None if not args.no_progress else False
     stats = ReplayStats()
     with dask_client(args.scheduler) as client:
-        rows = replay_dask(client, inputs, records_path, stats, split_bytes=_check_split(args),
+        rows = replay_dask(client, inputs, records_path, stats, split_bytes=split_bytes_of(args),
                            show_progress=progress)
         _report(stats, started, verbose=False)
         if stats.files == 0:

@@ -18,9 +18,9 @@ from stormguard.features.sniff import sniff
 from test_tls_builders import (
     ACK,
     PSH,
-    SYN,
     chrome_like_hello,
     eth,
+    fragmented_flow,
     ipv4,
     records,
     tcp,
@@ -116,16 +116,7 @@ def test_routed_spans_equal_a_whole_read_on_every_corpus_capture(corpus: Path, t
 def test_a_fragmented_datagram_across_spans(tmp_path: Path) -> None:
     """Fragments of one datagram in different spans (every packet its own span), arriving last-first: routed to
     every share, reassembled by each, kept by the one that owns the flow."""
-    c, s = "10.9.9.1", "10.9.9.2"
-    seg = tcp(4000, 443, 101, PSH | ACK, HELLO)
-    parts = [seg[i:i + 104] for i in range(0, len(seg), 104)]
-    frames = [eth(ipv4(c, s, 6, tcp(4000, 443, 100, SYN)))]
-    off = 0
-    for i, p in enumerate(parts):
-        more = 0x2000 if i < len(parts) - 1 else 0
-        frames.append(eth(ipv4(c, s, 6, p, ident=42, frag=more | (off // 8))))
-        off += len(p)
-    frames[1:] = frames[1:][::-1]
+    frames = fragmented_flow("10.9.9.1", "10.9.9.2", HELLO)
     frames += tcp_session([HELLO], c="10.1.1.1", cport=5000)  # another flow, for the other share
     path = write_pcap(tmp_path / "frag.pcap", frames)
     for shares in (2, 3):

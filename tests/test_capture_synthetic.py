@@ -20,6 +20,7 @@ from test_tls_builders import (
     ext,
     ext_sni,
     ext_versions,
+    fragmented_flow,
     hello_body,
     ip4,
     ipv4,
@@ -227,17 +228,8 @@ def test_tunnels(tmp_path: Path, tunnel) -> None:
 
 
 def test_ipv4_fragments_reassembled(tmp_path: Path) -> None:
-    c, s = "10.9.9.1", "10.9.9.2"
-    seg = tcp(4000, 443, 101, PSH | ACK, HELLO)
-    parts = [seg[i:i + 104] for i in range(0, len(seg), 104)]
-    assert len(parts) > 2
-    frames = [eth(ipv4(c, s, 6, tcp(4000, 443, 100, SYN)))]
-    off = 0
-    for i, p in enumerate(parts):
-        more = 0x2000 if i < len(parts) - 1 else 0
-        frames.append(eth(ipv4(c, s, 6, p, ident=42, frag=more | (off // 8))))
-        off += len(p)
-    frames[1:] = frames[1:][::-1]  # fragments arrive last-first
+    frames = fragmented_flow("10.9.9.1", "10.9.9.2", HELLO)  # fragments arrive last-first
+    assert len(frames) - 1 > 2
     rows, stats = read(write_pcap(tmp_path / "f.pcap", frames))
     assert tls_rows(rows)[0]["ja4"] == CHROME_JA4
     assert any("fragment" in k for k in stats.skipped)

@@ -189,6 +189,19 @@ def tcp_session(client_data: list[bytes], server_data: list[bytes] = (), c: str 
 
 # --- capture files ---------------------------------------------------------------------------------------------
 
+def fragmented_flow(c: str, s: str, data: bytes, size: int = 104) -> list[bytes]:
+    """A SYN, then ``data`` in one TCP segment cut into IPv4 fragments of ``size`` bytes arriving last-first."""
+    seg = tcp(4000, 443, 101, PSH | ACK, data)
+    parts = [seg[i:i + size] for i in range(0, len(seg), size)]
+    frags = []
+    off = 0
+    for i, p in enumerate(parts):
+        more = 0x2000 if i < len(parts) - 1 else 0
+        frags.append(eth(ipv4(c, s, 6, p, ident=42, frag=more | (off // 8))))
+        off += len(p)
+    return [eth(ipv4(c, s, 6, tcp(4000, 443, 100, SYN))), *frags[::-1]]
+
+
 def write_pcap(path: Path, frames: list[bytes], linktype: int = 1, endian: str = "<", nano: bool = False,
                t0: float = 1_700_000_000.0) -> Path:
     magic = 0xA1B23C4D if nano else 0xA1B2C3D4

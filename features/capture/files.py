@@ -50,10 +50,30 @@ class Span:
     last_ts: float = 0.0
 
 
+class _Pages:
+    """Drop the pages of a mapped file that a walk has passed: they are file-backed (nothing is lost) but count in
+    the resident set, and a reader or planner on a memory-limited worker walks files many times its limit."""
+
+    __slots__ = ("m", "released")
+
+    def __init__(self, m: mmap.mmap) -> None:
+        self.m = m
+        self.released = 0
+
+    def passed(self, pos: int) -> None:
+        upto = (pos - (1 << 20)) & ~(mmap.PAGESIZE - 1)
+        if upto - self.released >= (8 << 20) and _DONTNEED is not None:
+            try:
+                self.m.madvise(_DONTNEED, self.released, upto - self.released)
+            except (OSError, ValueError):  # pragma: no cover - advisory only
+                pass
+            self.released = upto
+
+
 class _Reader:
     """Chunked reader with a sliding window: ``need(n)`` makes ``n`` bytes available at ``pos``."""
 
-    __slots__ = ("fh", "buf", "pos", "base", "eof", "progress", "mapped", "reported", "released")
+    __slots__ = ("fh", "buf", "pos", "base", "eof", "progress", "mapped", "reported", "pages")
 
     def __init__(self, fh: BinaryIO, progress: Callable[[int], None] | None) -> None:
         self.fh = fh
@@ -64,11 +84,12 @@ class _Reader:
         self.progress = progress
         self.mapped: mmap.mmap | None = None
         self.reported = 0
-        self.released = 0
+        self.pages: _Pages | None = None
         try:  # a regular file: map it whole (no copies, no chunk boundaries); else read chunks
             size = os.fstat(fh.fileno()).st_size
             if size > 0:
                 self.mapped = self.buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                self.pages = _Pages(self.mapped)
                 self.eof = True
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             self.mapped = None
@@ -76,19 +97,12 @@ class _Reader:
     def tick(self, pos: int) -> None:
         """Mapped files: report progress up to ``pos`` (reads report themselves) and drop the pages already
         consumed from memory, so a large capture does not stay resident (they are file-backed: nothing is lost)."""
-        m = self.mapped
-        if m is None:
+        if self.pages is None:
             return
         if self.progress is not None and pos > self.reported:
             self.progress(pos - self.reported)
             self.reported = pos
-        upto = (pos - (1 << 20)) & ~(mmap.PAGESIZE - 1)  # keep the last MiB
-        if upto - self.released >= (8 << 20) and _DONTNEED is not None:
-            try:
-                m.madvise(_DONTNEED, self.released, upto - self.released)
-            except (OSError, ValueError):  # pragma: no cover - advisory only
-                pass
-            self.released = upto
+        self.pages.passed(pos)  # (keeps the last MiB)
 
     def close(self) -> None:
         if self.mapped is not None:
@@ -99,6 +113,7 @@ class _Reader:
             except BufferError:  # pragma: no cover - a view still alive somewhere
                 pass
             self.mapped = None
+            self.pages = None
 
     def need(self, n: int) -> bool:
         if len(self.buf) - self.pos >= n:
@@ -423,26 +438,6 @@ def plan_spans(path: str | os.PathLike[str], kind: str, split_bytes: int) -> lis
             return _plan_pcapng(m, split_bytes) if kind == "pcapng" else _plan_pcap(m, split_bytes)
         finally:
             m.close()
-
-
-class _Pages:
-    """Drop the pages of a mapped file that a walk has passed (they count in the resident set of the process, and
-    a planning task on a memory-limited worker walks files many times its limit)."""
-
-    __slots__ = ("m", "released")
-
-    def __init__(self, m: mmap.mmap) -> None:
-        self.m = m
-        self.released = 0
-
-    def passed(self, pos: int) -> None:
-        upto = (pos - (1 << 20)) & ~(mmap.PAGESIZE - 1)
-        if upto - self.released >= (8 << 20) and _DONTNEED is not None:
-            try:
-                self.m.madvise(_DONTNEED, self.released, upto - self.released)
-            except (OSError, ValueError):  # pragma: no cover - advisory only
-                pass
-            self.released = upto
 
 
 def _plan_pcap(m: mmap.mmap, split_bytes: int) -> list[Span]:

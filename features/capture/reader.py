@@ -146,20 +146,19 @@ class CaptureReader:
         yield from cap.flush("open")
 
 
-def count_unused(pstats: ReplayStats, name: str, decoder: Decoder, not_used: int) -> None:
-    """Count, at the end of a read, the ``not_used`` packets that gave no TCP/UDP flow, by the reason the
-    decoder stopped at (link type, ethertype, encapsulation, ...), and the IP fragments it saw."""
+def count_unused(pstats: ReplayStats, name: str, skipped: dict[str, int], fragments: int, not_used: int) -> None:
+    """Count, at the end of a read, the ``not_used`` packets that gave no TCP/UDP flow, by the reason the decoder
+    stopped at (``skipped``: link type, ethertype, encapsulation, ...), and the IP ``fragments`` it saw."""
     if not_used:
-        for reason, count in decoder.skipped.items():
+        for reason, count in skipped.items():
             pstats.skip(f"packets skipped: {reason}", count)
             not_used -= count
             if reason.startswith(("link type", "PPI carrying")):  # the file's own fault: name it
                 pstats.warn(name, f"{count} packet(s) skipped: {reason}")
-        decoder.skipped.clear()
         if not_used > 0:
             pstats.skip("packets without TCP/UDP over IP (cut headers, fragments awaiting reassembly)", not_used)
-    if decoder.fragments:
-        pstats.skip("IP fragments (reassembled where complete)", decoder.fragments)
+    if fragments:
+        pstats.skip("IP fragments (reassembled where complete)", fragments)
 
 
 def _recognise(half: Half, data: bytes) -> bool:
@@ -325,7 +324,8 @@ class _Capture:
                         yield from done
                         set_gc(*gc_ours)
         pstats.packets += n
-        count_unused(pstats, self.name, self.decoder, not_used)
+        count_unused(pstats, self.name, self.decoder.skipped, self.decoder.fragments, not_used)
+        self.decoder.skipped.clear()
         del flows, uflows
 
     # ------------------------------------------------------------------------------------------------------

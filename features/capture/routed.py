@@ -129,14 +129,6 @@ def route_span(path: str, kind: str, span: Span, index: int, shares: int, folder
     return result
 
 
-class _Unused:
-    """The decoder's figures summed over spans, in the shape :func:`~.reader.count_unused` reads."""
-
-    def __init__(self) -> None:
-        self.skipped: dict[str, int] = {}
-        self.fragments = 0
-
-
 def merge_unused(spans: list[RoutedSpan], name: str, stats: ReplayStats, every_share_unused: int) -> None:
     """Count the unusable packets and fragments into ``stats`` once, as a whole read counts them at its end (one
     warning per reason, not one per span). ``every_share_unused``: how many of the packets sent to every share
@@ -144,14 +136,12 @@ def merge_unused(spans: list[RoutedSpan], name: str, stats: ReplayStats, every_s
     the rest of a fragmented datagram may be in an earlier span."""
     from stormguard.features.capture.reader import count_unused
 
-    total = _Unused()
-    not_used = every_share_unused
+    skipped: dict[str, int] = {}
     for span in spans:
-        not_used += span.not_used
-        total.fragments += span.fragments
         for reason, n in span.skipped.items():
-            total.skipped[reason] = total.skipped.get(reason, 0) + n
-    count_unused(stats, name, total, not_used)  # type: ignore[arg-type]
+            skipped[reason] = skipped.get(reason, 0) + n
+    count_unused(stats, name, skipped, sum(span.fragments for span in spans),
+                 every_share_unused + sum(span.not_used for span in spans))
 
 
 def unused_count(packet_stats: ReplayStats) -> int:

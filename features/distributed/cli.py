@@ -32,7 +32,7 @@ def _check_engine(args: argparse.Namespace) -> None:
         raise SystemExit("stormguard: --scheduler is for --engine dask")
 
 
-def _check_split(args: argparse.Namespace) -> int:
+def split_bytes_of(args: argparse.Namespace) -> int:
     """``--split-mb`` in bytes (``SystemExit`` unless positive)."""
     if not args.split_mb > 0:
         raise SystemExit(f"stormguard: --split-mb must be positive, not {args.split_mb}")
@@ -44,7 +44,7 @@ def replay_on_dask(args: argparse.Namespace, out: Path, stats: ReplayStats, log_
     from stormguard.features.distributed.cluster import dask_client
     from stormguard.features.distributed.replay import replay_dask
 
-    split = _check_split(args)
+    split = split_bytes_of(args)
     with dask_client(args.scheduler) as client:
         return replay_dask(client, args.inputs, out, stats, log_format=args.log_format, log_fields=log_fields,
                            split_bytes=split,
